@@ -1,0 +1,195 @@
+"""Read an uptrack store back: `load_results` and `read_table` (format: `pipeline.store`).
+
+Tests, the napari plugin, reports and exports use this API, never private paths.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import dask.array as da
+import pandas as pd
+import xarray as xr
+import zarr
+
+from pipeline.errors import InputError
+from pipeline.store import KINETICS, LABELS, TABLES, read_attrs
+from pipeline.vocabulary import EVENTS, STATES
+
+_I, _F, _S = "int64", "float64", "str"
+_RATES = (
+    "k_internalization_per_min",
+    "k_release_per_min",
+    "k_unbinding_per_min",
+    "exocytosis_half_life_min",
+    "membrane_dwell_min",
+)
+_CELL_COLUMNS = {
+    "cell_id": _I,
+    "first_frame": _I,
+    "last_frame": _I,
+    "mean_area_um2": _F,
+    **{f"n_{event}": _I for event in EVENTS},
+    "membrane_bound_time_min": _F,
+    "vesicular_time_min": _F,
+    **{f"{rate}{part}": _F for rate in _RATES for part in ("", "_ci_low", "_ci_high")},
+}
+#: Documented columns and dtypes of each table (pipeline/README.md), used for the
+#: empty tables of a partial store.
+TABLE_COLUMNS: dict[str, dict[str, str]] = {
+    "particles": {
+        "frame": _I,
+        **dict.fromkeys(("y", "x", "mass", "size", "ecc", "signal", "raw_mass", "ep"), _F),
+        "track_id": _I,
+        "cell_id": _I,
+        "distance_um": _F,
+        "zone": _S,
+        "state": _S,
+    },
+    "tracks": {
+        "track_id": _I,
+        "first_frame": _I,
+        "last_frame": _I,
+        "n_detections": _I,
+        "cell_id": _I,
+        "final_state": _S,
+        "mean_mass": _F,
+        **{f"n_{state}": _I for state in STATES},
+    },
+    "events": {"track_id": _I, "cell_id": _I, "frame": _I, "time_s": _F, "kind": _S},
+    "cells": _CELL_COLUMNS,
+    "movie": _CELL_COLUMNS,
+}
+
+
+def _table_property(name: str, doc: str) -> cached_property:
+    """A lazily read table attribute of `Results`."""
+
+    def read(self: Results) -> pd.DataFrame:
+        return self._table_or_empty(name)
+
+    read.__doc__ = doc
+    return cached_property(read)
+
+
+class Results:
+    """The contents of one store, each part read on first access.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The store.
+    attrs : dict
+        Root attributes (config, input, calibration, stages_completed, complete, ...).
+    particles, tracks, events, cells, movie : pandas.DataFrame
+        Tables (columns in pipeline/README.md); empty with the documented columns
+        when the store does not hold them.
+    kinetics : xarray.Dataset
+        Per-cell time series (cell_id x frame), lazy; empty if not written.
+    cell_labels : dask.array.Array or None
+        Cell label image (t, [z,] y, x), lazy; None if not written.
+    """
+
+    particles = _table_property("particles", "One row per detection.")
+    tracks = _table_property("tracks", "One row per particle track.")
+    events = _table_property("events", "One row per state change.")
+    cells = _table_property("cells", "Rates and counts, one row per cell.")
+    movie = _table_property("movie", "The cells columns pooled over the movie, one row.")
+
+    def __init__(self, path: Path, attrs: dict):
+        self.path = path
+        self.attrs = attrs
+
+    def __repr__(self) -> str:
+        return f"Results({str(self.path)!r}, stages={self.attrs['stages_completed']})"
+
+    @property
+    def pixel_size_um(self) -> float:
+        """Pixel size in x and y, µm."""
+        return self.attrs["pixel_size_um"]
+
+    @property
+    def frame_interval_s(self) -> float:
+        """Time between frames, s."""
+        return self.attrs["frame_interval_s"]
+
+    @cached_property
+    def kinetics(self) -> xr.Dataset:
+        """Per-cell time series (cell_id x frame), lazy."""
+        if not (self.path / KINETICS / "zarr.json").exists():
+            return xr.Dataset()
+        return xr.open_zarr(self.path, group=KINETICS, consolidated=False, zarr_format=3)
+
+    @cached_property
+    def cell_labels(self) -> da.Array | None:
+        """Cell label image (t, [z,] y, x), uint32, lazy."""
+        if not (self.path / LABELS / "0" / "zarr.json").exists():
+            return None
+        return da.from_zarr(zarr.open_array(self.path / LABELS / "0", mode="r", zarr_format=3))
+
+    def _table_or_empty(self, name: str) -> pd.DataFrame:
+        if (self.path / TABLES / name / "zarr.json").exists():
+            return read_table(self.path, name)
+        return pd.DataFrame({c: pd.Series(dtype=d) for c, d in TABLE_COLUMNS[name].items()})
+
+
+def load_results(path: str | Path, *, allow_partial: bool = False) -> Results:
+    """Open a store written by ``uptrack run``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``<name>.zarr`` store.
+    allow_partial : bool
+        Open a store whose run has not finished; parts not yet written are empty.
+
+    Raises
+    ------
+    InputError
+        If ``path`` is not an uptrack store, or is incomplete and ``allow_partial``
+        is false.
+    """
+    path = Path(path)
+    attrs = read_attrs(path)
+    if not attrs["complete"] and not allow_partial:
+        stages = ", ".join(attrs["stages_completed"]) or "none"
+        raise InputError(
+            f"{path} is incomplete (stages done: {stages}); rerun `uptrack run` with the "
+            "same config to resume, or pass allow_partial=True"
+        )
+    return Results(path, attrs)
+
+
+def read_table(path: str | Path, name: str, *, group: str = TABLES) -> pd.DataFrame:
+    """Read the table ``<group>/<name>`` of a store as a DataFrame (RangeIndex).
+
+    Raises
+    ------
+    InputError
+        If the store or the table does not exist; the message lists the tables.
+    """
+    path = Path(path)
+    read_attrs(path)
+    if not (path / group / name / "zarr.json").exists():
+        available = sorted(p.parent.name for p in (path / group).glob("*/zarr.json"))
+        raise InputError(f"{path}: no table {group}/{name}; tables there: {available}")
+    table = zarr.open_group(path / group / name, mode="r", zarr_format=3)
+    columns = table.attrs["columns"]
+    return pd.DataFrame(
+        {column: _decode_column(table[column]) for column in columns},
+        columns=columns,
+        index=pd.RangeIndex(table.attrs["n_rows"]),
+    )
+
+
+def _decode_column(array: zarr.Array) -> pd.Series:
+    """A stored column back as a Series of its original dtype."""
+    values = array[:]
+    attrs = array.attrs
+    if "categories" in attrs:
+        categories = pd.Categorical.from_codes(
+            values, categories=attrs["categories"], ordered=attrs["ordered"]
+        )
+        return pd.Series(categories).astype(attrs["dtype"])
+    return pd.Series(values)

@@ -1,0 +1,464 @@
+"""Write one Zarr v3 store per movie (layout: DESIGN.md, "Store"; read it with `pipeline.results`).
+
+Layout::
+
+    <name>.zarr/             root attributes: uptrack_version, config, input_path,
+                             input_checksum, pixel_size_um, frame_interval_s,
+                             channel_names, stages_completed, complete, created, updated
+      tables/<name>          one group per table, one 1-D array per column
+      labels/cells           NGFF 0.5 label image (t, [z,] y, x), uint32, level "0"
+      kinetics               xarray Dataset (cell_id x frame), written by ``to_zarr``
+      tracks.geff            GEFF graph of the particle tracks, Zarr v3
+      .tmp/                  work area of unfinished writes (no Zarr metadata; ignored)
+
+Tables
+    Each column is an array named after it, in the table group. Numeric and bool
+    columns keep their numpy dtype. String columns (pandas ``str``/``string``, or
+    ``object`` holding strings) and ``category`` columns are stored as integer
+    category codes (-1 = missing) with ``categories`` and ``ordered`` in the array
+    attributes, so missing values and categorical dtypes round-trip exactly (a
+    missing value in an ``object`` column reads back as NaN). The group attributes
+    hold ``columns`` (order), ``dtypes`` (pandas dtype names), ``units`` (from the
+    column-name suffix, where known) and ``n_rows``. The index is not stored.
+
+Atomicity
+    Tables, kinetics and the GEFF graph are written in full under ``.tmp/`` and then
+    renamed into place (a directory rename on one file system). A killed write leaves
+    the previous version, or nothing, under the real name; a replaced version is
+    renamed aside before the new one is moved in. Labels are written frame by frame
+    in place and are trusted only once their stage is marked done. Attribute updates
+    rewrite ``zarr.json`` atomically (zarr's local store writes then renames).
+    ``complete`` stays false until `mark_complete`.
+
+GEFF
+    geff 1.3 writes Zarr v2 by default and v3 on request; the graph is written as
+    Zarr v3 so the store stays one v3 hierarchy. Nodes are the rows of the particles
+    table (node id = row number) with every column as a property (``frame`` renamed
+    ``t``); edges join consecutive detections of a track. String properties use
+    geff's own encoding (fixed-length unicode, which zarr-python flags as an
+    unstable extension in v3 and which non-Python Zarr readers may not support).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+from geff.core_io import write_arrays
+from geff_spec import Axis, GeffMetadata
+from zarr.errors import UnstableSpecificationWarning
+
+from pipeline import __version__
+from pipeline.errors import InputError
+
+#: Root attribute that marks a directory as an uptrack store.
+MARKER = "uptrack_version"
+#: Root attributes `create_store` needs from its caller.
+REQUIRED_ATTRS = ("pixel_size_um", "frame_interval_s")
+TABLES = "tables"
+LABELS = "labels/cells"
+KINETICS = "kinetics"
+GEFF = "tracks.geff"
+_TMP = ".tmp"
+
+#: Column-name suffix -> unit, checked in order.
+_UNIT_SUFFIXES = (
+    ("_per_min", "1/min"),
+    ("_um2", "µm²"),
+    ("_um", "µm"),
+    ("_min", "min"),
+    ("_s", "s"),
+)
+#: Whole column name -> unit (trackpy's pixel columns).
+_UNIT_COLUMNS = {"frame": "frame", "x": "px", "y": "px", "z": "px", "size": "px", "ep": "px"}
+
+
+# --- store and attributes -----------------------------------------------------
+
+
+def create_store(path: str | Path, *, attrs: dict, overwrite: bool = False) -> Path:
+    """Create an empty store (attributes, ``tables`` group) and return its path.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``<name>.zarr`` directory to create.
+    attrs : dict
+        JSON-serialisable root attributes; must hold ``pixel_size_um`` (µm) and
+        ``frame_interval_s`` (s). Usually also ``config``, ``input_path``,
+        ``input_checksum``, ``channel_names`` and, for 3-D movies, ``z_step_um``.
+    overwrite : bool
+        Replace an existing complete store. An incomplete store is always replaced.
+
+    Raises
+    ------
+    InputError
+        If ``path`` exists and is neither empty nor an uptrack store (it is never
+        deleted), or holds a complete store and ``overwrite`` is false.
+    """
+    path = Path(path)
+    missing = [key for key in REQUIRED_ATTRS if key not in attrs]
+    if missing:
+        raise ValueError(f"create_store: attrs lack {missing}")
+    if path.is_file() or (path.exists() and any(path.iterdir())):
+        _remove_old_store(path, overwrite)
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    now = _now()
+    root.attrs.put(
+        {
+            **attrs,
+            MARKER: __version__,
+            "stages_completed": [],
+            "complete": False,
+            "created": now,
+            "updated": now,
+        }
+    )
+    root.create_group(TABLES)
+    return path
+
+
+def _remove_old_store(path: Path, overwrite: bool) -> None:
+    """Delete a previous uptrack store at ``path``, refusing anything else."""
+    try:
+        attrs = read_attrs(path)
+    except InputError:
+        raise InputError(
+            f"{path} exists and is not an uptrack store; refusing to overwrite it. "
+            "Choose another output path."
+        ) from None
+    if attrs.get("complete") and not overwrite:
+        raise InputError(
+            f"{path} already holds a complete uptrack store; refusing to replace it. "
+            "Choose another output path or overwrite it (overwrite=True)."
+        )
+    shutil.rmtree(path)
+
+
+def read_attrs(path: str | Path) -> dict:
+    """Root attributes of an uptrack store.
+
+    Raises
+    ------
+    InputError
+        If ``path`` does not exist or is not an uptrack store.
+    """
+    try:
+        attrs = zarr.open_group(path, mode="r", zarr_format=3).attrs.asdict()
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: no uptrack store there ({exc})") from exc
+    if MARKER not in attrs:
+        raise InputError(
+            f"{path} is a Zarr group but not an uptrack store (no {MARKER!r} attribute)"
+        )
+    return attrs
+
+
+def update_attrs(path: str | Path, **values) -> None:
+    """Set root attributes (JSON-serialisable values) and the ``updated`` timestamp."""
+    read_attrs(path)
+    zarr.open_group(path, mode="r+", zarr_format=3).attrs.update({**values, "updated": _now()})
+
+
+def stages_done(path: str | Path) -> list[str]:
+    """Names of the stages whose outputs are in the store, in the order they finished."""
+    return list(read_attrs(path)["stages_completed"])
+
+
+def mark_stage_done(path: str | Path, stage: str) -> None:
+    """Record that ``stage`` finished; call only after its outputs are written."""
+    stages = stages_done(path)
+    if stage not in stages:
+        update_attrs(path, stages_completed=[*stages, stage])
+
+
+def mark_complete(path: str | Path) -> None:
+    """Mark the store complete (`pipeline.results.load_results` then reads it) and drop ``.tmp``."""
+    shutil.rmtree(Path(path) / _TMP, ignore_errors=True)
+    update_attrs(path, complete=True)
+
+
+def _now() -> str:
+    """Current UTC time, ISO 8601."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --- atomic writes --------------------------------------------------------------
+
+
+@contextmanager
+def _staged(path: Path, target: str) -> Iterator[Path]:
+    """Yield a fresh path under ``.tmp``; once written, move it to ``path/target``."""
+    read_attrs(path)
+    parent = target.rpartition("/")[0]
+    if parent:
+        zarr.open_group(path, mode="r+", zarr_format=3).require_group(parent)
+    (path / _TMP).mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=path / _TMP, prefix=target.replace("/", "_") + "-"))
+    try:
+        yield work / "new"
+        _replace_dir(work / "new", path / target, aside=work / "old")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _replace_dir(new: Path, target: Path, aside: Path) -> None:
+    """Rename ``new`` to ``target``; a previous ``target`` is first renamed to ``aside``."""
+    if target.exists():
+        os.replace(target, aside)
+    os.replace(new, target)
+
+
+# --- tables ----------------------------------------------------------------------
+
+
+def write_table(path: str | Path, name: str, df: pd.DataFrame, *, group: str = TABLES) -> None:
+    """Write a DataFrame as ``<group>/<name>``, atomically, replacing any previous version.
+
+    Parameters
+    ----------
+    path : str or Path
+        The store.
+    name : str
+        Table name, e.g. ``"particles"``.
+    df : pandas.DataFrame
+        Columns with string names; numpy numeric/bool, string or category dtypes.
+        The index is not stored.
+    group : str
+        Group holding the table (``"tables"``; later e.g. ``"curation"``).
+    """
+    path = Path(path)
+    columns = [str(c) for c in df.columns]
+    if (
+        columns != list(df.columns)
+        or len(set(columns)) != len(columns)
+        or any("/" in c for c in columns)
+    ):
+        raise ValueError(f"table {name!r}: column names must be unique strings without '/'")
+    with _staged(path, f"{group}/{name}") as tmp:
+        table = zarr.open_group(tmp, mode="w", zarr_format=3)
+        for column in columns:
+            values, attrs = _encode_column(df[column])
+            table.create_array(column, data=values).attrs.put(attrs)
+        table.attrs.put(
+            {
+                "columns": columns,
+                "dtypes": {c: str(df[c].dtype) for c in columns},
+                "units": {c: unit for c in columns if (unit := column_unit(c))},
+                "n_rows": len(df),
+            }
+        )
+
+
+def _encode_column(series: pd.Series) -> tuple[np.ndarray, dict]:
+    """Array to store for a column, and the attributes needed to decode it."""
+    dtype = series.dtype
+    if isinstance(dtype, pd.CategoricalDtype) or _holds_strings(series):
+        categorical = series.astype("category")
+        return categorical.cat.codes.to_numpy(), {
+            "dtype": str(dtype),
+            "categories": categorical.cat.categories.tolist(),
+            "ordered": bool(categorical.cat.ordered),
+        }
+    if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+        return series.to_numpy(), {"dtype": str(dtype)}
+    raise TypeError(
+        f"column {series.name!r}: dtype {dtype} cannot be stored; use a numpy numeric or "
+        "bool, string or category dtype"
+    )
+
+
+def _holds_strings(series: pd.Series) -> bool:
+    """True for string dtypes and for object columns of strings (missing values allowed)."""
+    if isinstance(series.dtype, pd.StringDtype):
+        return True
+    return series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) in (
+        "string",
+        "empty",
+    )
+
+
+def column_unit(column: str) -> str | None:
+    """Unit of a table column from its name (``"distance_um"`` -> ``"µm"``), or None."""
+    if column in _UNIT_COLUMNS:
+        return _UNIT_COLUMNS[column]
+    return next((unit for suffix, unit in _UNIT_SUFFIXES if column.endswith(suffix)), None)
+
+
+# --- labels ------------------------------------------------------------------------
+
+
+def create_labels(path: str | Path, shape: tuple[int, ...]) -> zarr.Array:
+    """Create the empty cell label image ``labels/cells`` and return its level-0 array.
+
+    Parameters
+    ----------
+    path : str or Path
+        The store; its ``pixel_size_um``, ``frame_interval_s`` (and ``z_step_um`` for
+        3-D) attributes set the NGFF scale.
+    shape : tuple of int
+        (t, y, x) or (t, z, y, x). The array is uint32, one chunk per frame and plane,
+        filled with 0 (background); a previous label image is replaced.
+    """
+    attrs = read_attrs(path)
+    axes = {3: "tyx", 4: "tzyx"}.get(len(shape))
+    if axes is None:
+        raise ValueError(f"labels must be (t, y, x) or (t, z, y, x), got shape {shape}")
+    if "z" in axes and attrs.get("z_step_um") is None:
+        raise ValueError("3-D labels need the store attribute z_step_um")
+    root = zarr.open_group(path, mode="r+", zarr_format=3)
+    labels = root.require_group("labels")
+    labels.attrs["ome"] = {"version": "0.5", "labels": ["cells"]}
+    cells = labels.create_group("cells", overwrite=True)
+    cells.attrs["ome"] = _ngff_label_attrs(axes, attrs)
+    return cells.create_array(
+        "0",
+        shape=tuple(shape),
+        dtype="uint32",
+        chunks=(1,) * (len(shape) - 2) + tuple(shape[-2:]),
+        fill_value=0,
+        dimension_names=list(axes),
+    )
+
+
+def _ngff_label_attrs(axes: str, attrs: dict) -> dict:
+    """NGFF 0.5 multiscales + image-label metadata: t in s, space in µm."""
+    scale = {"t": attrs["frame_interval_s"], "z": attrs.get("z_step_um")}
+    scale["y"] = scale["x"] = attrs["pixel_size_um"]
+    return {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "name": "cells",
+                "axes": [
+                    {"name": ax, "type": "time", "unit": "second"}
+                    if ax == "t"
+                    else {"name": ax, "type": "space", "unit": "micrometer"}
+                    for ax in axes
+                ],
+                "datasets": [
+                    {
+                        "path": "0",
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [float(scale[ax]) for ax in axes]}
+                        ],
+                    }
+                ],
+            }
+        ],
+        "image-label": {"colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]}]},
+    }
+
+
+def write_label_frames(path: str | Path, start: int, frames: np.ndarray) -> None:
+    """Write frames ``start, start + 1, ...`` of the label image made by `create_labels`.
+
+    Parameters
+    ----------
+    frames : numpy.ndarray
+        (n, y, x) or (n, z, y, x) cell ids; cast to uint32.
+    """
+    array = zarr.open_array(Path(path) / LABELS / "0", mode="r+", zarr_format=3)
+    array[start : start + len(frames)] = np.asarray(frames, dtype=np.uint32)
+
+
+def write_labels(path: str | Path, labels) -> None:
+    """Write a whole label image chunk by chunk, one chunk per frame (and plane).
+
+    A dask array is computed and written one chunk at a time, never as a whole.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray or dask.array.Array
+        (t, y, x) or (t, z, y, x) cell ids.
+    """
+    array = create_labels(path, labels.shape)
+    frames = da.asarray(labels).astype(np.uint32).rechunk(array.chunks)
+    da.store(frames, array, lock=False)
+
+
+# --- kinetics and tracks -------------------------------------------------------------
+
+
+def write_kinetics(path: str | Path, ds: xr.Dataset) -> None:
+    """Write the per-cell kinetics Dataset (dims cell_id x frame) atomically to ``kinetics``."""
+    with _staged(Path(path), KINETICS) as tmp:
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+
+
+def write_geff(
+    path: str | Path,
+    particles: pd.DataFrame,
+    pixel_size_um: float,
+    frame_interval_s: float,
+    *,
+    z_step_um: float | None = None,
+) -> None:
+    """Write the particle tracks as a GEFF graph, atomically, to ``tracks.geff``.
+
+    Parameters
+    ----------
+    particles : pandas.DataFrame
+        The particles table; needs ``frame``, ``y``, ``x`` (px) and ``track_id``.
+        Node id = row number; every column becomes a node property (``frame`` as ``t``).
+    pixel_size_um : float
+        Scale of the y, x axes, µm per px.
+    frame_interval_s : float
+        Scale of the t axis, s per frame.
+    z_step_um : float, optional
+        Scale of the z axis, µm per plane, when particles have a ``z`` column.
+    """
+    missing = {"frame", "y", "x", "track_id"} - set(particles.columns)
+    if missing:
+        raise ValueError(f"write_geff: particles lack columns {sorted(missing)}")
+    props = {
+        "t" if column == "frame" else column: _geff_prop(particles[column])
+        for column in particles.columns
+    }
+    scales = {"z": z_step_um, "y": pixel_size_um, "x": pixel_size_um}
+    metadata = GeffMetadata(
+        directed=True,
+        axes=[
+            Axis(name="t", type="time", unit="frame", scale=frame_interval_s, scaled_unit="second")
+        ]
+        + [
+            Axis(name=ax, type="space", unit="pixel", scale=scale, scaled_unit="micrometer")
+            for ax, scale in scales.items()
+            if ax in particles.columns
+        ],
+        track_node_props={"tracklet": "track_id"},
+        node_props_metadata={},
+        edge_props_metadata={},
+    )
+    node_ids = np.arange(len(particles), dtype=np.uint64)
+    with _staged(Path(path), GEFF) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnstableSpecificationWarning)
+        write_arrays(tmp, node_ids, props, _track_edges(particles), None, metadata, zarr_format=3)
+
+
+def _geff_prop(series: pd.Series) -> dict:
+    """GEFF property arrays (values, missing) of a column; strings as unicode."""
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        return {"values": series.to_numpy(), "missing": None}
+    missing = series.isna().to_numpy()
+    values = series.astype(object).where(~missing, "").to_numpy(dtype=str)
+    return {"values": values, "missing": missing if missing.any() else None}
+
+
+def _track_edges(particles: pd.DataFrame) -> np.ndarray:
+    """(n, 2) row numbers of consecutive detections of each track (uint64)."""
+    track = particles["track_id"].to_numpy()
+    order = np.lexsort((particles["frame"].to_numpy(), track))
+    same = track[order][1:] == track[order][:-1]
+    return np.stack([order[:-1][same], order[1:][same]], axis=1).astype(np.uint64)

@@ -1,0 +1,32 @@
+"""The words uptrack uses everywhere: code, store, plugin and docs (see DESIGN.md).
+
+Zones describe the geometry of one detection in one frame; states describe a
+particle's condition at a frame, decided over its whole track; events are state
+changes.
+"""
+
+#: Geometry of one detection relative to the nearest cell.
+ZONES = ("inside", "membrane", "outside")
+
+#: A particle's condition at a frame.
+STATES = ("extracellular", "membrane_bound", "vesicular", "released")
+
+#: State changes, keyed by (from_state, to_state).
+EVENT_OF_TRANSITION = {
+    ("extracellular", "membrane_bound"): "binding",
+    ("membrane_bound", "extracellular"): "unbinding",
+    ("membrane_bound", "vesicular"): "internalization",
+    ("vesicular", "released"): "release",
+}
+EVENTS = ("binding", "unbinding", "internalization", "release")
+
+#: Colours (hex) used for states in plots, napari layers and reports.
+STATE_COLORS = {
+    "extracellular": "#9e9e9e",
+    "membrane_bound": "#ffb000",
+    "vesicular": "#00c0ff",
+    "released": "#ff3d7f",
+}
+
+#: Cell id used for "no cell" in label images and tables.
+BACKGROUND = 0
