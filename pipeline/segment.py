@@ -1,0 +1,205 @@
+"""Cell segmentation with Cellpose, one frame at a time.
+
+The model is a Cellpose built-in name (``cyto3``, ``nuclei``, ... with Cellpose 3;
+``cpsam`` with Cellpose 4) or a path to a weights file, such as the model shipped in
+``sample_data/models/``. Built-in weights are never downloaded at run time here: when
+they are missing, :func:`load_model` raises an error that says where Cellpose looks
+for them and how to pre-fetch them (e.g. on an HPC login node).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from skimage.segmentation import relabel_sequential
+
+from pipeline.errors import InputError
+
+#: Built-in model names of Cellpose 4 (Cellpose 3's are in ``cellpose.models.MODEL_NAMES``).
+CELLPOSE4_MODELS = ("cpsam",)
+
+
+class SegmentParams(BaseModel):
+    """Parameters of the cell segmentation stage (``segment:`` in a run config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        "cyto3",
+        description="Cellpose built-in model name (cyto3, nuclei, ... ; cpsam with "
+        "Cellpose 4) or path to a weights file (relative paths are relative to the config file).",
+    )
+    diameter_um: float | None = Field(
+        None,
+        gt=0,
+        description="Typical cell diameter, µm. None: the model's own training diameter "
+        "(mean diameter of its training cells, for custom models; 30 px for cyto3).",
+    )
+    flow_threshold: float = Field(0.4, ge=0, description="Cellpose flow error threshold.")
+    cellprob_threshold: float = Field(0.0, description="Cellpose cell probability threshold.")
+    min_area_um2: float = Field(
+        15.0, ge=0, description="Masks smaller than this area are removed, µm²."
+    )
+    gpu: Literal["auto", True, False] = Field(
+        "auto", description="Run Cellpose on the GPU: auto uses one when torch sees it."
+    )
+
+
+def cellpose_major_version() -> int:
+    """Major version of the installed Cellpose (3 or 4)."""
+    return int(importlib.metadata.version("cellpose").split(".")[0])
+
+
+def _builtin_names() -> tuple[str, ...]:
+    if cellpose_major_version() >= 4:
+        return CELLPOSE4_MODELS
+    from cellpose import models
+
+    return tuple(models.MODEL_NAMES)
+
+
+def _builtin_weights_file(name: str) -> Path:
+    """Where Cellpose keeps the weights of a built-in model (no download)."""
+    from cellpose import models
+
+    basename = f"{name}torch_0" if name in ("cyto", "cyto2", "nuclei") else name
+    return Path(models.MODEL_DIR) / basename
+
+
+def _missing_weights_message(name: str, weights: Path) -> str:
+    return (
+        f"segment.model: Cellpose weights for built-in model '{name}' are not on this "
+        f"machine (looked for {weights}). Cellpose downloads them on first use, which needs "
+        "internet. Fix: on a machine with internet (e.g. an HPC login node) run\n"
+        f"    python -c \"from cellpose import models; models.CellposeModel(pretrained_model='{name}')\"\n"
+        f"then copy {weights.name} into {weights.parent} on this machine, or point the "
+        "environment variable CELLPOSE_LOCAL_MODELS_PATH at a folder that holds it. "
+        "Or set segment.model to the path of a weights file "
+        "(e.g. sample_data/models/uptrack_cells_cp3)."
+    )
+
+
+def resolve_model(model: str) -> tuple[str, bool]:
+    """Check that a model's weights are on this machine, without downloading.
+
+    Parameters
+    ----------
+    model
+        Built-in Cellpose model name, or path to a weights file.
+
+    Returns
+    -------
+    (weights, builtin)
+        The weights file path (or built-in name) to hand to Cellpose, and whether it
+        is a built-in model.
+
+    Raises
+    ------
+    InputError
+        The path does not exist, or the built-in weights are not cached locally.
+    """
+    path = Path(model).expanduser()
+    if path.is_file():
+        return str(path), False
+    if model in _builtin_names():
+        weights = _builtin_weights_file(model)
+        if not weights.is_file():
+            raise InputError(_missing_weights_message(model, weights))
+        return model, True
+    raise InputError(
+        f"segment.model: '{model}' is neither a weights file that exists nor a built-in "
+        f"Cellpose {cellpose_major_version()} model ({', '.join(_builtin_names())}). "
+        "Fix the path (relative paths are relative to the config file) or use a built-in name."
+    )
+
+
+def _use_gpu(gpu: Literal["auto", True, False]) -> bool:
+    if gpu == "auto":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return bool(gpu)
+
+
+@lru_cache(maxsize=4)
+def load_model(model: str, gpu: Literal["auto", True, False] = "auto"):
+    """Load a Cellpose model once per process (Dask workers reuse it across frames).
+
+    Parameters
+    ----------
+    model
+        Built-in name or weights path (see :func:`resolve_model`).
+    gpu
+        Use the GPU; ``"auto"`` when torch sees one.
+
+    Returns
+    -------
+    cellpose.models.CellposeModel
+    """
+    weights, _ = resolve_model(model)
+    from cellpose import models
+
+    os.environ.setdefault("CELLPOSE_LOCAL_MODELS_PATH", str(models.MODEL_DIR))
+    return models.CellposeModel(gpu=_use_gpu(gpu), pretrained_model=weights)
+
+
+def model_diameter_px(cp_model) -> float:
+    """The cell diameter a model was trained for, px (its ``diam_labels``)."""
+    diam = getattr(cp_model, "diam_labels", None)
+    return float(diam) if diam else float(cp_model.diam_mean)
+
+
+def segment_frame(
+    cells: np.ndarray,
+    *,
+    pixel_size_um: float,
+    params: SegmentParams,
+    nuclei: np.ndarray | None = None,
+) -> np.ndarray:
+    """Segment the cells of one frame.
+
+    Parameters
+    ----------
+    cells
+        Cell-stain image, (Y, X), any numeric dtype.
+    pixel_size_um
+        Pixel size, µm.
+    params
+        Segmentation parameters.
+    nuclei
+        Optional nuclear-stain image, (Y, X), used as Cellpose's second channel.
+
+    Returns
+    -------
+    numpy.ndarray
+        Label image (Y, X), uint32, 0 = background, cells numbered 1..N.
+    """
+    cp_model = load_model(params.model, params.gpu)
+    diameter = (
+        params.diameter_um / pixel_size_um if params.diameter_um else model_diameter_px(cp_model)
+    )
+    image = cells.astype(np.float32)
+    if cellpose_major_version() >= 4:
+        if nuclei is not None:
+            image = np.stack([image, nuclei.astype(np.float32)], axis=-1)
+        kwargs = {}
+    elif nuclei is not None:
+        image = np.stack([image, nuclei.astype(np.float32)], axis=0)
+        kwargs = {"channels": [1, 2], "channel_axis": 0}
+    else:
+        kwargs = {"channels": [0, 0]}
+    masks = cp_model.eval(
+        image,
+        diameter=diameter,
+        flow_threshold=params.flow_threshold,
+        cellprob_threshold=params.cellprob_threshold,
+        min_size=max(1, int(round(params.min_area_um2 / pixel_size_um**2))),
+        **kwargs,
+    )[0]
+    return relabel_sequential(np.asarray(masks, dtype=np.uint32))[0]
