@@ -188,11 +188,13 @@ class ParticleSystem:
             due = np.flatnonzero(self.p["t_next"] <= t1)
             if len(due) == 0:
                 return
-            for new_state in np.unique(self.p["next_state"][due]):
-                idx = due[self.p["next_state"][due] == new_state]
-                if new_state == VESICULAR:
-                    self.p["rho"][idx] = RHO_VESICLE_MAX
-                self._enter(idx, int(new_state), self.p["t_next"][idx].copy(), frame, layout)
+            # one target state per pass: entering a state schedules the next change,
+            # which may itself fall before t1 and must be seen by the next pass
+            new_state = self.p["next_state"][due[0]]
+            idx = due[self.p["next_state"][due] == new_state]
+            if new_state == VESICULAR:
+                self.p["rho"][idx] = RHO_VESICLE_MAX
+            self._enter(idx, int(new_state), self.p["t_next"][idx].copy(), frame, layout)
 
     # -- motion ------------------------------------------------------------------
 

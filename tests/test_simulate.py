@@ -42,6 +42,14 @@ def test_events_reproduce_configured_rates():
         assert abs(k_hat - k) < 3 * k / np.sqrt(n), (count, n, k_hat, k)
 
 
+def test_events_happen_within_the_frame_interval_they_are_logged_in(small_sim):
+    """An event at frame f happened in (f-1, f] frame intervals, even two in one interval."""
+    events, dt = small_sim.truth.events, small_sim.config.frame_interval_s
+    assert len(events) > 20
+    end_s = events["frame"] * dt
+    assert ((events["time_s"] > end_s - dt - 1e-6) & (events["time_s"] <= end_s + 1e-6)).all()
+
+
 def test_per_cell_rates_vary_with_cv():
     truth = simulate(SimulationConfig(**{**SMALL, "n_frames": 2, "cell_rate_cv": 0.5})).truth
     assert truth.cells["k_internalization_per_min"].nunique() == 3
