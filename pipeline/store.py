@@ -299,8 +299,11 @@ def column_unit(column: str) -> str | None:
 # --- labels ------------------------------------------------------------------------
 
 
-def create_labels(path: str | Path, shape: tuple[int, ...]) -> zarr.Array:
-    """Create the empty cell label image ``labels/cells`` and return its level-0 array.
+def create_labels(path: str | Path, shape: tuple[int, ...], *, name: str = "cells") -> zarr.Array:
+    """Create an empty label image ``labels/<name>`` and return its level-0 array.
+
+    ``labels/cells`` holds the stable cell ids; the runner also keeps Cellpose's
+    per-frame output in ``labels/segmentation`` (ids not yet matched across frames).
 
     Parameters
     ----------
@@ -319,10 +322,11 @@ def create_labels(path: str | Path, shape: tuple[int, ...]) -> zarr.Array:
         raise ValueError("3-D labels need the store attribute z_step_um")
     root = zarr.open_group(path, mode="r+", zarr_format=3)
     labels = root.require_group("labels")
-    labels.attrs["ome"] = {"version": "0.5", "labels": ["cells"]}
-    cells = labels.create_group("cells", overwrite=True)
-    cells.attrs["ome"] = _ngff_label_attrs(axes, attrs)
-    return cells.create_array(
+    names = labels.attrs.get("ome", {}).get("labels", [])
+    labels.attrs["ome"] = {"version": "0.5", "labels": sorted({*names, name})}
+    image = labels.create_group(name, overwrite=True)
+    image.attrs["ome"] = _ngff_label_attrs(axes, attrs, name)
+    return image.create_array(
         "0",
         shape=tuple(shape),
         dtype="uint32",
@@ -332,7 +336,7 @@ def create_labels(path: str | Path, shape: tuple[int, ...]) -> zarr.Array:
     )
 
 
-def _ngff_label_attrs(axes: str, attrs: dict) -> dict:
+def _ngff_label_attrs(axes: str, attrs: dict, name: str) -> dict:
     """NGFF 0.5 multiscales + image-label metadata: t in s, space in µm."""
     scale = {"t": attrs["frame_interval_s"], "z": attrs.get("z_step_um")}
     scale["y"] = scale["x"] = attrs["pixel_size_um"]
@@ -340,7 +344,7 @@ def _ngff_label_attrs(axes: str, attrs: dict) -> dict:
         "version": "0.5",
         "multiscales": [
             {
-                "name": "cells",
+                "name": name,
                 "axes": [
                     {"name": ax, "type": "time", "unit": "second"}
                     if ax == "t"
@@ -361,15 +365,22 @@ def _ngff_label_attrs(axes: str, attrs: dict) -> dict:
     }
 
 
-def write_label_frames(path: str | Path, start: int, frames: np.ndarray) -> None:
-    """Write frames ``start, start + 1, ...`` of the label image made by `create_labels`.
+def open_labels(path: str | Path, *, name: str = "cells", mode: str = "r") -> zarr.Array:
+    """The level-0 array of label image ``labels/<name>`` (``mode="r+"`` to write)."""
+    return zarr.open_array(Path(path) / "labels" / name / "0", mode=mode, zarr_format=3)
+
+
+def write_label_frames(path: str | Path, start: int, frames: np.ndarray, *, name: str = "cells") -> None:
+    """Write frames ``start, start + 1, ...`` of a label image made by `create_labels`.
 
     Parameters
     ----------
     frames : numpy.ndarray
         (n, y, x) or (n, z, y, x) cell ids; cast to uint32.
+    name : str
+        Label image under ``labels/``.
     """
-    array = zarr.open_array(Path(path) / LABELS / "0", mode="r+", zarr_format=3)
+    array = open_labels(path, name=name, mode="r+")
     array[start : start + len(frames)] = np.asarray(frames, dtype=np.uint32)
 
 

@@ -105,3 +105,9 @@ def load_truth(path: str | Path) -> Truth:
         cells=pd.read_csv(folder / "cells.csv"),
         meta=json.loads((folder / "meta.json").read_text()),
     )
+
+
+def find_truth(movie_path: str | Path) -> Truth | None:
+    """The ground truth next to a movie, if it is a simulated one; else None."""
+    folder = truth_dir_for(movie_path)
+    return load_truth(folder) if (folder / "meta.json").is_file() else None
