@@ -22,11 +22,11 @@ def train_model(
     masks: np.ndarray,
     out_path: Path,
     *,
-    n_epochs: int = 250,
+    n_epochs: int = 300,
     learning_rate: float = 0.005,
     batch_size: int = 8,
-    crop_px: int = 112,
-    diam_mean_px: float = 30.0,
+    crop_px: int = 64,
+    diam_mean_px: float = 17.0,
     save_every: int = 25,
 ) -> Path:
     """Train a Cellpose 3 model from scratch and save it in half precision.
@@ -49,7 +49,9 @@ def train_model(
         Side of the random training crops, px after rescaling cells to ``diam_mean_px``
         (a multiple of 16). Small crops keep CPU training affordable.
     diam_mean_px
-        Cell diameter the network works at, px; images are rescaled to it.
+        Cell diameter the network works at, px; images are rescaled to it. 17 px (as
+        Cellpose's nuclei model) keeps cells whole in small crops and makes CPU
+        training and inference several times cheaper than Cellpose's usual 30 px.
     save_every
         Write a full-precision checkpoint next to ``out_path`` every this many epochs.
 
