@@ -19,7 +19,9 @@ Rules, one frame interval ``dt`` at a time (from frame f to f+1):
    membrane (``D_membrane_um2_s``). Vesicular: Brownian (``D_vesicle_um2_s``)
    plus, with rate ``vesicle_run_rate_per_min``, a directed radial run (in or
    out, ``vesicle_run_speed_um_s``) during the interval, reflected to stay at
-   ``rho <= RHO_VESICLE_MAX``.
+   ``rho <= RHO_VESICLE_MAX``. A vesicle whose release is due heads straight
+   out at run speed in time to dock ``DOCK_DEPTH_PX`` inside the membrane
+   (exocytosis happens where the vesicle fuses with the plasma membrane).
 3. Contact. An ``extracellular`` particle that ends inside a cell binds with
    probability ``p_binding_per_contact`` (binding time = frame time of f+1);
    otherwise, and always for ``released`` particles, the move is undone (and a
@@ -53,6 +55,8 @@ EXTRACELLULAR, MEMBRANE_BOUND, VESICULAR, RELEASED = (STATES.index(s) for s in
 RHO_VESICLE_MAX = 0.85
 #: Distance (px) outside the membrane where unbound and released particles start.
 EXIT_OFFSET_PX = 1.5
+#: Depth (px) inside the membrane where a vesicle docks before its release.
+DOCK_DEPTH_PX = 1.0
 
 #: Per-particle arrays of :class:`ParticleSystem` and their dtypes. ``cell`` is 0-based (-1: none);
 #: ``y``, ``x`` (px) hold free particles; ``uy``, ``ux``, ``rho`` cell-relative ones; ``born`` is a frame.
@@ -205,7 +209,7 @@ class ParticleSystem:
         theta += self.rng.normal(size=len(idx)) * np.sqrt(2 * self.D_membrane * self.dt) / r
         p["uy"][idx], p["ux"][idx] = np.sin(theta), np.cos(theta)
 
-    def _move_vesicles(self, idx: np.ndarray, layout: CellLayout) -> None:
+    def _move_vesicles(self, idx: np.ndarray, t1: float, layout: CellLayout) -> None:
         p = self.p
         cell, uy, ux = p["cell"][idx], p["uy"][idx], p["ux"][idx]
         dist = p["rho"][idx] * layout.radius(cell, uy, ux)
@@ -218,8 +222,17 @@ class ParticleSystem:
         uy, ux = py / new_dist, px / new_dist
         rho = new_dist / layout.radius(cell, uy, ux)
         rho = np.where(rho > RHO_VESICLE_MAX, 2 * RHO_VESICLE_MAX - rho, rho)
-        p["uy"][idx], p["ux"][idx] = uy, ux
-        p["rho"][idx] = np.clip(rho, 0.02, RHO_VESICLE_MAX)
+        rho = np.clip(rho, 0.02, RHO_VESICLE_MAX)
+        # exocytosis: a vesicle due for release heads straight out at run speed and
+        # docks just inside the membrane, so it fuses where it is released
+        radius = layout.radius(cell, p["uy"][idx], p["ux"][idx])
+        dock = 1.0 - DOCK_DEPTH_PX / radius
+        heading_out = (run_px > 0) & ((p["t_next"][idx] - t1) * run_px / self.dt
+                                      < (dock - p["rho"][idx]) * radius)
+        out = np.minimum(p["rho"][idx] + run_px / radius, dock)
+        keep = ~heading_out
+        p["uy"][idx[keep]], p["ux"][idx[keep]] = uy[keep], ux[keep]
+        p["rho"][idx] = np.where(heading_out, out, rho)
 
     def _move_free(self, idx: np.ndarray, t1: float, frame: int, layout: CellLayout) -> None:
         p = self.p
@@ -262,7 +275,7 @@ class ParticleSystem:
         self._scheduled_transitions(t1, frame + 1, layout)
         state = self.p["state"]
         self._move_bound(np.flatnonzero(state == MEMBRANE_BOUND), layout)
-        self._move_vesicles(np.flatnonzero(state == VESICULAR), layout)
+        self._move_vesicles(np.flatnonzero(state == VESICULAR), t1, layout)
         self._move_free(np.flatnonzero((state == EXTRACELLULAR) | (state == RELEASED)), t1, frame + 1, layout)
         self.add_arrivals(self.rng.poisson(self.config.particle_arrival_per_min / 60 * self.dt), layout, frame + 1)
         y, x = self.positions(layout)
