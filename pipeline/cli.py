@@ -56,10 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the process exit code (0, 1 or 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(message)s",
-    )
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("pipeline").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if args.verb is None:
         parser.print_help()
         return 2

@@ -1,0 +1,204 @@
+"""The run config: one YAML file, one pydantic model per stage, validated up front.
+
+Each stage defines its own parameter model in its module (``SegmentParams`` in
+``segment.py``, ...); :class:`RunConfig` composes them with the input, output and
+compute sections. Unknown fields are errors, and every error names the config file,
+the field and what is allowed. ``--set key.sub=value`` overrides any field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.celltrack import CellTrackParams
+from pipeline.classify import ClassifyParams
+from pipeline.detect import DetectParams
+from pipeline.errors import InputError
+from pipeline.kinetics import KineticsParams
+from pipeline.link import LinkParams
+from pipeline.segment import SegmentParams
+from pipeline.zones import ZoneParams
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChannelsConfig(_Section):
+    """Which channel of the movie holds what (index from 0, or OME channel name)."""
+
+    cells: int | str = Field(0, description="Cell stain channel (cytoplasm or membrane).")
+    particles: int | str = Field(1, description="Particle / EV channel.")
+    nuclei: int | str | None = Field(None, description="Optional nuclear stain channel.")
+
+
+class InputConfig(_Section):
+    """The movie to analyse and the metadata that override the file's."""
+
+    path: Path = Field(description="Movie: TIFF, OME-TIFF or OME-Zarr (T[Z]CYX).")
+    channels: ChannelsConfig = ChannelsConfig()
+    pixel_size_um: float | None = Field(
+        None, gt=0, description="Pixel size, µm; overrides the file's metadata."
+    )
+    frame_interval_s: float | None = Field(
+        None, gt=0, description="Time between frames, s; overrides the file's metadata."
+    )
+    axes: str | None = Field(
+        None, description="Axes of a plain TIFF without metadata, e.g. TCYX."
+    )
+
+
+class OutputConfig(_Section):
+    """Where results go."""
+
+    dir: Path = Field(Path("results"), description="Folder for the result store(s).")
+    name: str | None = Field(None, description="Store name; default: the movie's file stem.")
+    overwrite: bool = Field(
+        False, description="Replace a complete store of the same name instead of stopping."
+    )
+
+
+class ComputeConfig(_Section):
+    """Where the Dask tasks run."""
+
+    backend: Literal["local", "address", "sync"] = Field(
+        "local",
+        description="local: a LocalCluster of worker processes on this machine; address: "
+        "an existing Dask scheduler; sync: no cluster, one process (debugging).",
+    )
+    n_workers: int | None = Field(
+        None, ge=1, description="Worker processes (local); default: one per 2 cores, at least 1."
+    )
+    threads_per_worker: int = Field(1, ge=1, description="Threads per worker process.")
+    memory_per_worker: str = Field("auto", description="Memory limit per worker, e.g. 4GB.")
+    address: str | None = Field(None, description="Scheduler address for backend: address.")
+    frames_per_task: int = Field(
+        4, ge=1, description="Frames each segmentation/detection task handles."
+    )
+
+
+class RunConfig(_Section):
+    """Everything ``uptrack run`` needs, one section per stage."""
+
+    input: InputConfig
+    output: OutputConfig = OutputConfig()
+    segment: SegmentParams = SegmentParams()
+    track_cells: CellTrackParams = CellTrackParams()
+    detect: DetectParams = DetectParams()
+    link: LinkParams = LinkParams()
+    zones: ZoneParams = ZoneParams()
+    classify: ClassifyParams = ClassifyParams()
+    kinetics: KineticsParams = KineticsParams()
+    compute: ComputeConfig = ComputeConfig()
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
+    """Apply ``key.sub=value`` overrides to a raw config dict (values parsed as YAML)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set {item!r}: expected KEY=VALUE, e.g. --set detect.min_snr=4")
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InputError(f"--set {item!r}: {part} in {source} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def _resolve_paths(raw: dict, base: Path) -> None:
+    """Make the config's relative paths relative to the config file's folder."""
+
+    def resolve(value: str) -> str:
+        return os.path.normpath(base / Path(value).expanduser())
+
+    section = raw.get("input")
+    if isinstance(section, dict) and section.get("path"):
+        section["path"] = resolve(section["path"])
+    output = raw.get("output")
+    if isinstance(output, dict) and output.get("dir"):
+        output["dir"] = resolve(output["dir"])
+    segment = raw.get("segment")
+    if isinstance(segment, dict) and isinstance(segment.get("model"), str):
+        model = segment["model"]
+        if "/" in model or "\\" in model or (base / model).exists():
+            segment["model"] = resolve(model)
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """Turn pydantic errors into lines naming the file, the field and the fix."""
+    lines = [f"{source}: invalid config"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown field; {_allowed_fields(err['loc'])}")
+        elif err["type"] == "missing":
+            lines.append(f"  {field}: required field is missing")
+        else:
+            lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _allowed_fields(loc: tuple) -> str:
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return "check the spelling"
+        model = annotation
+    return "allowed: " + ", ".join(model.model_fields)
+
+
+def config_from_dict(raw: dict[str, Any], *, base: Path, source: str) -> RunConfig:
+    """Validate a raw config dict; relative paths are taken relative to ``base``."""
+    _resolve_paths(raw, base)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read, override and validate a run config YAML file.
+
+    Parameters
+    ----------
+    path
+        YAML file.
+    overrides
+        ``key.sub=value`` strings (``--set`` on the command line).
+
+    Returns
+    -------
+    RunConfig
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, bad YAML, or invalid fields (all listed).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: a config is a mapping of sections (input:, segment:, ...)")
+    raw = apply_overrides(raw, list(overrides), str(path))
+    return config_from_dict(raw, base=path.resolve().parent, source=str(path))
+
+
+def dump_config(config: RunConfig) -> dict:
+    """The config as plain JSON-able data (for the store's attrs and saved YAML)."""
+    return config.model_dump(mode="json")

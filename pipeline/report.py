@@ -1,0 +1,121 @@
+"""Run summaries for people: a text table of cells and rates, and a kinetics figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.vocabulary import EVENTS, STATE_COLORS, STATES
+
+RATES = ("k_internalization_per_min", "k_release_per_min", "k_unbinding_per_min")
+
+
+def _rate(row, name: str) -> str:
+    value = row.get(name, np.nan)
+    if not np.isfinite(value):
+        return "n/a"
+    low, high = row.get(f"{name}_ci_low", np.nan), row.get(f"{name}_ci_high", np.nan)
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def summary_text(results, truth=None) -> str:
+    """A plain-text summary of a run: counts, pooled rates, per-cell rates.
+
+    Parameters
+    ----------
+    results
+        :class:`pipeline.results.Results` of a complete run.
+    truth
+        Optional :class:`pipeline.truth.Truth` of a simulated movie; its true rates
+        are printed beside the estimates.
+
+    Returns
+    -------
+    str
+    """
+    p, ev, cells, movie = results.particles, results.events, results.cells, results.movie
+    lines = [
+        f"store: {results.path}",
+        f"frames: {int(results.attrs.get('n_frames', 0))} x {results.frame_interval_s:g} s, "
+        f"pixel {results.pixel_size_um:g} um",
+        f"cells: {len(cells)}   tracks: {p['track_id'].nunique() if len(p) else 0}   "
+        f"detections: {len(p)}",
+        "detections by state: " + ", ".join(f"{s} {int((p['state'] == s).sum())}" for s in STATES),
+        "events: " + ", ".join(f"{k} {int((ev['kind'] == k).sum())}" for k in EVENTS),
+        "",
+        "pooled rates, 1/min [95% CI]" + ("      truth (events / time at risk)" if truth else ""),
+    ]
+    pooled = movie.iloc[0] if len(movie) else pd.Series(dtype=float)
+    true_pooled = _true_pooled(truth) if truth is not None else {}
+    for name in RATES:
+        line = f"  {name:<28}{_rate(pooled, name):<28}"
+        if name in true_pooled:
+            line += f"{true_pooled[name]:.3f}"
+        lines.append(line)
+    lines += ["", "per cell: " + "   ".join(["cell", "k_internalization", "k_release", "n_int", "n_rel"])]
+    for _, row in cells.iterrows():
+        lines.append(
+            f"  {int(row['cell_id']):>4}  {_rate(row, 'k_internalization_per_min'):<26}"
+            f"{_rate(row, 'k_release_per_min'):<26}"
+            f"{int(row.get('n_internalization', 0)):>4} {int(row.get('n_release', 0)):>4}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _true_pooled(truth) -> dict[str, float]:
+    """Realised true rates of a simulation: true events / true time at risk."""
+    counts = truth.events["kind"].value_counts()
+    cells = truth.cells
+    at_risk_min = {
+        "k_internalization_per_min": ("internalization", cells["membrane_bound_time_s"].sum() / 60),
+        "k_unbinding_per_min": ("unbinding", cells["membrane_bound_time_s"].sum() / 60),
+        "k_release_per_min": ("release", cells["vesicular_time_s"].sum() / 60),
+    }
+    return {name: counts.get(kind, 0) / t for name, (kind, t) in at_risk_min.items() if t > 0}
+
+
+def plot_kinetics(results, path: str | Path, *, max_cells: int = 12) -> Path:
+    """Per-cell kinetics figure: particles per state over time, cumulative events.
+
+    Parameters
+    ----------
+    results
+        :class:`pipeline.results.Results` of a complete run.
+    path
+        PNG file to write.
+    max_cells
+        Cells drawn (those with the most internalization events first).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ds = results.kinetics.load()
+    cells = results.cells.sort_values("n_internalization", ascending=False).head(max_cells)
+    n = max(len(cells), 1)
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n + 1, 5), sharex=True, squeeze=False)
+    t_min = ds["time_s"].values / 60
+    for col, cell_id in enumerate(cells["cell_id"]):
+        cell = ds.sel(cell_id=cell_id)
+        top, bottom = axes[0, col], axes[1, col]
+        for state in STATES:
+            top.plot(t_min, cell[f"n_{state}"], color=STATE_COLORS[state], label=state)
+        for kind, style in (("internalization", "-"), ("release", "--")):
+            bottom.step(t_min, cell[f"cum_{kind}"], style, where="post", color="k", label=kind)
+        top.set_title(f"cell {int(cell_id)}")
+        bottom.set_xlabel("time (min)")
+    axes[0, 0].set_ylabel("particles")
+    axes[1, 0].set_ylabel("cumulative events")
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    axes[1, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
