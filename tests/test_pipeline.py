@@ -1,0 +1,123 @@
+"""End to end: the sample config, run by the real runner on a Dask LocalCluster,
+scored against the sample movie's ground truth; config errors; resume."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import load_results, store
+from pipeline.cli import main as cli_main
+from pipeline.config import config_from_dict, load_config
+from pipeline.errors import InputError
+from pipeline.evaluate import evaluate
+from pipeline.runner import STAGES, Run, run
+from pipeline.simulate import SimulationConfig, simulate, write_simulation
+from pipeline.truth import load_truth
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_CONFIG = ROOT / "configs" / "sample.yaml"
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    config = load_config(SAMPLE_CONFIG, [f"output.dir={out}"])
+    path = run(config)
+    return config, load_results(path)
+
+
+def test_sample_run_matches_ground_truth(sample_run):
+    config, results = sample_run
+    truth = load_truth(config.input.path)
+    scores = evaluate(results, truth)
+    assert scores["segmentation_ap50"] >= 0.9
+    assert scores["cell_id_consistency"] >= 0.95
+    assert scores["detection_precision"] >= 0.95 and scores["detection_recall"] >= 0.95
+    assert scores["localization_rmse_px"] < 2 * scores["localization_crlb_px"]
+    assert scores["state_accuracy"] >= 0.9
+    for kind in ("internalization", "release"):  # ~20 true events each: the 95 % CI must cover truth
+        assert scores[f"k_{kind}_per_min_ci_covers_true"], kind
+
+
+def test_store_holds_every_part_of_the_contract(sample_run):
+    config, results = sample_run
+    assert results.attrs["complete"] and list(results.attrs["stages_completed"]) == list(STAGES)
+    assert results.attrs["config"]["segment"]["model"] == config.segment.model
+    assert results.attrs["input_checksum"].startswith("sha256:")
+    assert results.pixel_size_um == pytest.approx(0.2) and results.frame_interval_s == pytest.approx(3.0)
+    labels = results.cell_labels
+    assert labels.shape == (70, 256, 256) and hasattr(labels, "dask")
+    assert set(results.particles["state"]) <= {"extracellular", "membrane_bound", "vesicular", "released"}
+    assert {"track_id", "cell_id", "distance_um", "zone", "state"} <= set(results.particles.columns)
+    assert set(results.events["kind"]) <= {"binding", "unbinding", "internalization", "release"}
+    ds = results.kinetics
+    assert set(ds.dims) == {"cell_id", "frame"} and ds.sizes["frame"] == 70
+    assert ds["cum_internalization"].isel(frame=-1).sum() == (results.events["kind"] == "internalization").sum()
+    assert set(results.cells["cell_id"]) == set(ds["cell_id"].values)
+    assert (results.path / "tracks.geff").is_dir()
+
+
+def test_rerun_refuses_to_overwrite_complete_results(sample_run, tmp_path):
+    config, results = sample_run
+    keep = config.model_copy(update={"output": config.output.model_copy(update={"overwrite": False})})
+    before = results.particles
+    with pytest.raises(InputError, match="already holds complete results"):
+        run(keep)
+    after = load_results(results.path).particles
+    assert before.equals(after)
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A 12-frame 128×128 simulated movie and a run config for it (in-process compute)."""
+    sim = simulate(SimulationConfig(seed=5, shape=(128, 128), n_frames=12, n_cells=2,
+                                    cell_radius_um=(4.0, 6.0)))
+    movie = write_simulation(sim, tmp_path, "tiny")["movie"]
+    raw = yaml.safe_load(SAMPLE_CONFIG.read_text())
+    raw["input"]["path"] = str(movie)
+    raw["segment"]["model"] = str(ROOT / "sample_data" / "models" / "uptrack_cells_cp3")
+    raw["output"] = {"dir": str(tmp_path / "results")}
+    raw["compute"] = {"backend": "sync"}
+    return config_from_dict(raw, base=tmp_path, source="tiny.yaml")
+
+
+def test_killed_run_resumes_at_first_unfinished_stage(tiny_config, monkeypatch):
+    """Stages done before a kill are not redone; the resumed store equals a fresh run's."""
+    job = Run(tiny_config)
+    job.open_store()
+    for stage in STAGES[:4]:  # segment, track_cells, detect, link: then "killed"
+        getattr(job, stage)(None)
+        store.mark_stage_done(job.path, stage)
+
+    redone = []
+    for stage in STAGES[:4]:
+        monkeypatch.setattr(Run, stage, lambda self, client, s=stage: redone.append(s))
+    resumed = load_results(run(tiny_config))
+    assert redone == []
+    assert resumed.attrs["complete"] and list(resumed.attrs["stages_completed"]) == list(STAGES)
+    monkeypatch.undo()
+
+    fresh = tiny_config.model_copy(update={"output": tiny_config.output.model_copy(
+        update={"name": "fresh"})})
+    again = load_results(run(fresh))
+    assert resumed.particles.equals(again.particles)
+    assert resumed.cells.equals(again.cells)
+
+
+def test_config_errors_name_file_field_and_allowed_values(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input:\n  path: movie.tif\ndetect:\n  min_snrr: 3\ncompute:\n  backend: cloud\n")
+    with pytest.raises(InputError) as err:
+        load_config(bad)
+    message = str(err.value)
+    assert str(bad) in message
+    assert "detect.min_snrr: unknown field; allowed: " in message and "min_snr" in message
+    assert "compute.backend" in message and "'local'" in message
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    missing = tmp_path / "missing.yaml"
+    assert cli_main(["run", str(missing)]) == 2
+    assert "cannot read config" in capsys.readouterr().err
+    assert cli_main([]) == 2
