@@ -38,7 +38,7 @@ from pipeline.errors import InputError
 from pipeline.io import Movie, file_checksum, open_movie
 from pipeline.kinetics import cell_kinetics, cell_rates
 from pipeline.link import link_tracks
-from pipeline.segment import SegmentParams, segment_frame
+from pipeline.segment import SegmentParams, estimate_diameter_um, segment_frame
 from pipeline.zones import ZoneParams, cell_geometry, zones_for_frame
 
 log = logging.getLogger(__name__)
@@ -189,13 +189,28 @@ class Run:
 
     # stages
 
+    def segment_params(self) -> SegmentParams:
+        """The segmentation parameters, with the cell diameter measured if not given."""
+        params = self.config.segment
+        if params.diameter_um is not None:
+            return params
+        middle = self.n_frames // 2
+        cells = _channel_frames(self.movie, self.channels[0], middle, middle + 1)[0]
+        diameter = estimate_diameter_um(cells, pixel_size_um=self.px_um, params=params)
+        if diameter is None:
+            log.warning("segment: no cells found in frame %d; using the model's own diameter", middle)
+            return params
+        log.info("segment: cell diameter measured on frame %d: %.1f um", middle, diameter)
+        store.update_attrs(self.path, cell_diameter_um=round(diameter, 3))
+        return params.model_copy(update={"diameter_um": diameter})
+
     def segment(self, client) -> None:
         shape = (self.n_frames, *self.movie.data.shape[-2:])
         store.create_labels(self.path, shape, name="segmentation")
         chunks = frame_chunks(self.n_frames, self.config.compute.frames_per_task)
         counts = map_tasks(client, _segment_task, chunks, desc="segment cells", spec=self.spec,
                            channels=(self.channels[0], self.channels[2]),
-                           params=self.config.segment, path=str(self.path))
+                           params=self.segment_params(), path=str(self.path))
         per_frame = [n for chunk in counts for n in chunk]
         log.info("segment: %.1f cells per frame (min %d, max %d)", np.mean(per_frame),
                  min(per_frame), max(per_frame))

@@ -38,8 +38,8 @@ class SegmentParams(BaseModel):
     diameter_um: float | None = Field(
         None,
         gt=0,
-        description="Typical cell diameter, µm. None: the model's own training diameter "
-        "(mean diameter of its training cells, for custom models; 30 px for cyto3).",
+        description="Typical cell diameter, µm. None: measured on the movie (Cellpose run at the "
+        "model's own diameter, then at the median diameter of the cells it found).",
     )
     flow_threshold: float = Field(0.4, ge=0, description="Cellpose flow error threshold.")
     cellprob_threshold: float = Field(0.0, description="Cellpose cell probability threshold.")
@@ -153,6 +153,45 @@ def model_diameter_px(cp_model) -> float:
     """The cell diameter a model was trained for, px (its ``diam_labels``)."""
     diam = getattr(cp_model, "diam_labels", None)
     return float(diam) if diam else float(cp_model.diam_mean)
+
+
+def estimate_diameter_um(
+    cells: np.ndarray, *, pixel_size_um: float, params: SegmentParams, rounds: int = 2
+) -> float | None:
+    """Measure the typical cell diameter of an image by segmenting it.
+
+    Cellpose segments best when told the cell size. Starting from the size the model
+    was trained at, segment, take the median equivalent diameter of the cells found,
+    and segment again at that size; stop when the size agrees within 10 %.
+
+    Parameters
+    ----------
+    cells
+        Cell-stain image (Y, X).
+    pixel_size_um
+        Pixel size, µm.
+    params
+        Segmentation parameters (``diameter_um`` is ignored).
+    rounds
+        Most refinements after the first segmentation.
+
+    Returns
+    -------
+    float or None
+        Median cell diameter, µm; None when no cell is found.
+    """
+    diameter_um = model_diameter_px(load_model(params.model, params.gpu)) * pixel_size_um
+    for _ in range(rounds + 1):
+        trial = params.model_copy(update={"diameter_um": diameter_um})
+        labels = segment_frame(cells, pixel_size_um=pixel_size_um, params=trial)
+        areas = np.bincount(labels.ravel())[1:]
+        if not areas.any():
+            return None
+        found = 2 * np.sqrt(np.median(areas[areas > 0]) / np.pi) * pixel_size_um
+        if abs(found / diameter_um - 1) < 0.1:
+            return float(found)
+        diameter_um = found
+    return float(diameter_um)
 
 
 def segment_frame(

@@ -61,3 +61,18 @@ def test_cached_builtin_weights_load_through_cellpose_without_download(monkeypat
 def test_unknown_model_names_the_field_and_fix():
     with pytest.raises(InputError, match="segment.model: 'no/such/weights'"):
         resolve_model("no/such/weights")
+
+
+@pytest.mark.parametrize("pixel_size_um, radius_um", [(0.1, (5.0, 9.0)), (0.4, (6.0, 10.0)),
+                                                      (0.2, (3.0, 4.5))])
+def test_cell_diameter_is_measured_on_the_image(pixel_size_um, radius_um):
+    """Other pixel sizes and cell sizes than the model was trained on."""
+    from pipeline.segment import estimate_diameter_um
+
+    images, masks = simulate_cell_images(1, (256, 256), seed=3, pixel_size_um=pixel_size_um,
+                                         cell_radius_um=radius_um)
+    areas = np.bincount(masks[0].ravel())[1:]
+    true_um = 2 * np.sqrt(np.median(areas[areas > 0]) / np.pi) * pixel_size_um
+    found = estimate_diameter_um(images[0], pixel_size_um=pixel_size_um,
+                                 params=SegmentParams(model=str(SHIPPED)))
+    assert found == pytest.approx(true_um, rel=0.15)
