@@ -17,6 +17,10 @@ from pipeline.errors import InputError
 from pipeline.store import KINETICS, LABELS, TABLES, read_attrs
 from pipeline.vocabulary import EVENTS, STATES
 
+#: Group of the tables and kinetics recomputed with the reviewer's corrections
+#: (written by `pipeline.curation`; its attrs name the curation version applied).
+CURATED = "curated"
+
 _I, _F, _S = "int64", "float64", "str"
 _RATES = (
     "k_internalization_per_min",
@@ -89,6 +93,10 @@ class Results:
         Per-cell time series (cell_id x frame), lazy; empty if not written.
     cell_labels : dask.array.Array or None
         Cell label image (t, [z,] y, x), lazy; None if not written.
+    curation_version : int or None
+        Version of the curation record whose corrected tables and kinetics are read
+        (``load_results(path, curated=True)`` on a curated store); None: the
+        pipeline's own output.
     """
 
     particles = _table_property("particles", "One row per detection.")
@@ -97,9 +105,12 @@ class Results:
     cells = _table_property("cells", "Rates and counts, one row per cell.")
     movie = _table_property("movie", "The cells columns pooled over the movie, one row.")
 
-    def __init__(self, path: Path, attrs: dict):
+    def __init__(self, path: Path, attrs: dict, *, curation_version: int | None = None):
         self.path = path
         self.attrs = attrs
+        self.curation_version = curation_version
+        self._tables = TABLES if curation_version is None else CURATED
+        self._kinetics = KINETICS if curation_version is None else f"{CURATED}/{KINETICS}"
 
     def __repr__(self) -> str:
         return f"Results({str(self.path)!r}, stages={self.attrs['stages_completed']})"
@@ -117,9 +128,9 @@ class Results:
     @cached_property
     def kinetics(self) -> xr.Dataset:
         """Per-cell time series (cell_id x frame), lazy."""
-        if not (self.path / KINETICS / "zarr.json").exists():
+        if not (self.path / self._kinetics / "zarr.json").exists():
             return xr.Dataset()
-        return xr.open_zarr(self.path, group=KINETICS, consolidated=False, zarr_format=3)
+        return xr.open_zarr(self.path, group=self._kinetics, consolidated=False, zarr_format=3)
 
     @cached_property
     def cell_labels(self) -> da.Array | None:
@@ -129,12 +140,12 @@ class Results:
         return da.from_zarr(zarr.open_array(self.path / LABELS / "0", mode="r", zarr_format=3))
 
     def _table_or_empty(self, name: str) -> pd.DataFrame:
-        if (self.path / TABLES / name / "zarr.json").exists():
-            return read_table(self.path, name)
+        if (self.path / self._tables / name / "zarr.json").exists():
+            return read_table(self.path, name, group=self._tables)
         return pd.DataFrame({c: pd.Series(dtype=d) for c, d in TABLE_COLUMNS[name].items()})
 
 
-def load_results(path: str | Path, *, allow_partial: bool = False) -> Results:
+def load_results(path: str | Path, *, allow_partial: bool = False, curated: bool = False) -> Results:
     """Open a store written by ``uptrack run``.
 
     Parameters
@@ -143,6 +154,10 @@ def load_results(path: str | Path, *, allow_partial: bool = False) -> Results:
         The ``<name>.zarr`` store.
     allow_partial : bool
         Open a store whose run has not finished; parts not yet written are empty.
+    curated : bool
+        Read the tables and kinetics recomputed with the reviewer's corrections
+        (`pipeline.curation`) when the store has them; the pipeline's own output
+        otherwise. ``Results.curation_version`` says which was read.
 
     Raises
     ------
@@ -158,7 +173,14 @@ def load_results(path: str | Path, *, allow_partial: bool = False) -> Results:
             f"{path} is incomplete (stages done: {stages}); rerun `uptrack run` with the "
             "same config to resume, or pass allow_partial=True"
         )
-    return Results(path, attrs)
+    return Results(path, attrs, curation_version=_curated_version(path) if curated else None)
+
+
+def _curated_version(path: Path) -> int | None:
+    """Curation version of the store's complete curated tables, or None if it has none."""
+    if not (path / CURATED / "zarr.json").exists():
+        return None
+    return zarr.open_group(path / CURATED, mode="r", zarr_format=3).attrs.get("curation_version")
 
 
 def read_table(path: str | Path, name: str, *, group: str = TABLES) -> pd.DataFrame:
