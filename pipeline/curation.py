@@ -226,7 +226,7 @@ def save_corrections(path: str | Path, corrections: pd.DataFrame, *, author: str
     version = versions[-1]["version"] + 1 if versions else 1
     name = f"corrections_v{version}"
     store.write_table(path, name, table, group=CURATION)
-    entry = {"version": version, "table": name, "author": author or getpass.getuser(), "created": store._now(),
+    entry = {"version": version, "table": name, "author": author or getpass.getuser(), "created": store.utc_now(),
              "note": note, "n_corrections": len(table)}
     zarr.open_group(Path(path) / CURATION, mode="r+", zarr_format=3).attrs["versions"] = [*versions, entry]
     return version
@@ -255,11 +255,10 @@ def apply_curation(path: str | Path, version: int | None = None) -> int | None:
     tables = recompute(load_results(path), read_corrections(path, entry["version"]))
     curated = zarr.open_group(path, mode="r+", zarr_format=3).require_group(CURATED)
     curated.attrs.pop("curation_version", None)
-    with store._staged(path, f"{CURATED}/kinetics") as tmp:
-        tables.pop("kinetics").to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+    store.write_kinetics(path, tables.pop("kinetics"), name=f"{CURATED}/kinetics")
     for name, table in tables.items():
         store.write_table(path, name, table, group=CURATED)
-    curated.attrs.update({"curation_version": entry["version"], "created": store._now()})
+    curated.attrs.update({"curation_version": entry["version"], "created": store.utc_now()})
     return entry["version"]
 
 

@@ -33,6 +33,7 @@ from pipeline.celltrack import CellTracker, relabel
 from pipeline.classify import classify_tracks, summarize_tracks
 from pipeline.compute import dask_client, frame_chunks, map_tasks
 from pipeline.config import RunConfig, dump_config
+from pipeline.curation import curation_versions
 from pipeline.detect import DetectParams, detect_frame
 from pipeline.errors import InputError
 from pipeline.io import Movie, file_checksum, open_movie
@@ -171,6 +172,12 @@ class Run:
         attrs = self._attrs()
         if (self.path / "zarr.json").exists():
             old = store.read_attrs(self.path)
+            if curation_versions(self.path):
+                raise InputError(
+                    f"{self.path} holds curation records (corrections made in napari); "
+                    "redoing the run would lose them, so nothing was changed. Move or rename "
+                    "the store first, or choose another output.name."
+                )
             if old.get("complete") and not self.config.output.overwrite:
                 raise InputError(
                     f"{self.path} already holds complete results; nothing was changed. "

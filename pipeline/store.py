@@ -46,7 +46,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -114,7 +114,7 @@ def create_store(path: str | Path, *, attrs: dict, overwrite: bool = False) -> P
     if path.is_file() or (path.exists() and any(path.iterdir())):
         _remove_old_store(path, overwrite)
     root = zarr.open_group(path, mode="w", zarr_format=3)
-    now = _now()
+    now = utc_now()
     root.attrs.put(
         {
             **attrs,
@@ -168,7 +168,7 @@ def read_attrs(path: str | Path) -> dict:
 def update_attrs(path: str | Path, **values) -> None:
     """Set root attributes (JSON-serialisable values) and the ``updated`` timestamp."""
     read_attrs(path)
-    zarr.open_group(path, mode="r+", zarr_format=3).attrs.update({**values, "updated": _now()})
+    zarr.open_group(path, mode="r+", zarr_format=3).attrs.update({**values, "updated": utc_now()})
 
 
 def stages_done(path: str | Path) -> list[str]:
@@ -189,7 +189,7 @@ def mark_complete(path: str | Path) -> None:
     update_attrs(path, complete=True)
 
 
-def _now() -> str:
+def utc_now() -> str:
     """Current UTC time, ISO 8601."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -211,6 +211,8 @@ def _staged(path: Path, target: str) -> Iterator[Path]:
         _replace_dir(work / "new", path / target, aside=work / "old")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        with suppress(OSError):  # leave no empty work area: zarr would list it as a node
+            (path / _TMP).rmdir()
 
 
 def _replace_dir(new: Path, target: Path, aside: Path) -> None:
@@ -402,9 +404,9 @@ def write_labels(path: str | Path, labels) -> None:
 # --- kinetics and tracks -------------------------------------------------------------
 
 
-def write_kinetics(path: str | Path, ds: xr.Dataset) -> None:
-    """Write the per-cell kinetics Dataset (dims cell_id x frame) atomically to ``kinetics``."""
-    with _staged(Path(path), KINETICS) as tmp:
+def write_kinetics(path: str | Path, ds: xr.Dataset, *, name: str = KINETICS) -> None:
+    """Write a per-cell kinetics Dataset (dims cell_id x frame) atomically to ``name``."""
+    with _staged(Path(path), name) as tmp:
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
 
 

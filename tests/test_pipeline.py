@@ -68,6 +68,26 @@ def test_rerun_refuses_to_overwrite_complete_results(sample_run, tmp_path):
     assert before.equals(after)
 
 
+def test_rerun_with_overwrite_keeps_a_curated_store(sample_run, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from pipeline.curation import curation_versions, save_corrections
+
+    config, results = sample_run
+    copy = tmp_path / results.path.name
+    shutil.copytree(results.path, copy)
+    track = int(results.tracks["track_id"].iloc[0])
+    save_corrections(copy, pd.DataFrame({"track_id": [track], "first_frame": [0], "last_frame": [5],
+                                         "action": ["false_track"], "state": [""]}))
+    again = config.model_copy(update={"output": config.output.model_copy(
+        update={"dir": tmp_path, "overwrite": True})})
+    with pytest.raises(InputError, match="holds curation records"):
+        run(again)
+    assert len(curation_versions(copy)) == 1
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
     """A 12-frame 128×128 simulated movie and a run config for it (in-process compute)."""
