@@ -1,0 +1,167 @@
+"""Tests of particle linking (pipeline.link) against the simulator's ground truth."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.detect import DetectParams, detect_frame
+from pipeline.errors import UptrackError
+from pipeline.evaluate import detection_scores, match_detections, tracking_scores
+from pipeline.link import SEARCH_SIGMAS, LinkParams, fill_gaps, link_tracks, search_range_px
+from pipeline.simulate import SimulationConfig, simulate
+
+#: Localisation error of the synthetic detections, px, and spread of their log mass.
+EP_PX = 0.15
+MASS_NOISE = 0.12
+
+
+def detections_from_truth(truth: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Visible true particles as detections: positions with localisation noise, noisy mass."""
+    rng = np.random.default_rng(seed)
+    visible = truth[truth["visible"]]
+    n = len(visible)
+    return pd.DataFrame({
+        "frame": visible["frame"].to_numpy(np.int64),
+        "y": visible["y"].to_numpy() + rng.normal(0, EP_PX, n),
+        "x": visible["x"].to_numpy() + rng.normal(0, EP_PX, n),
+        "mass": visible["photons"].to_numpy() * np.exp(rng.normal(0, MASS_NOISE, n)),
+        "ep": np.full(n, EP_PX),
+    })
+
+
+def link_scores(tracks: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    return tracking_scores(match_detections(tracks, truth), tracks, truth)
+
+
+@pytest.fixture(scope="module")
+def sedimented():
+    """Slow free particles (sedimented), bound and internalised ones; 0.1 µm pixels, 3 s frames."""
+    config = SimulationConfig(shape=(256, 256), n_frames=30, n_cells=4, pixel_size_um=0.1, cell_radius_um=(4.0, 6.0),
+                              psf_sigma_px=1.0, n_particles_initial=80, D_free_um2_s=0.05, seed=2)
+    return config, simulate(config).truth.particles
+
+
+def test_track_ids_and_order(sedimented):
+    config, truth = sedimented
+    detections = detections_from_truth(truth).sample(frac=1.0, random_state=0)  # any row order
+    tracks = link_tracks(detections, pixel_size_um=config.pixel_size_um, frame_interval_s=config.frame_interval_s,
+                         params=LinkParams())
+    assert len(tracks) == len(detections)
+    assert tracks["track_id"].dtype == np.int64
+    assert list(tracks.index) == list(range(len(tracks)))
+    assert np.all(np.diff(tracks["frame"].to_numpy()) >= 0)
+    first = tracks.drop_duplicates("track_id")["track_id"].to_numpy()
+    assert np.array_equal(first, np.arange(tracks["track_id"].nunique()))  # 0, 1, 2, ... by first appearance
+    assert set(detections.columns) <= set(tracks.columns)
+
+
+# (0.1 µm, 0.05 µm²/s: 5.5 px per frame per axis) is at the edge: link precision ~0.94-0.95
+@pytest.mark.parametrize("pixel_size_um, d_free", [(0.1, 0.03), (0.2, 0.05), (0.2, 0.02)])
+def test_sedimented_particles_are_linked_correctly(pixel_size_um, d_free):
+    config = SimulationConfig(shape=(256, 256), n_frames=30, n_cells=4, pixel_size_um=pixel_size_um,
+                              cell_radius_um=(4.0, 6.0) if pixel_size_um == 0.1 else (6.0, 9.0),
+                              n_particles_initial=80, D_free_um2_s=d_free, seed=3)
+    truth = simulate(config).truth.particles
+    tracks = link_tracks(detections_from_truth(truth), pixel_size_um=pixel_size_um,
+                         frame_interval_s=config.frame_interval_s, params=LinkParams())
+    scores = link_scores(tracks, truth)
+    assert scores["link_precision"] >= 0.95
+    assert scores["link_recall"] >= 0.95
+
+
+def test_brightness_reduces_swaps(sedimented):
+    config, truth = sedimented
+    detections = detections_from_truth(truth)
+    kw = dict(pixel_size_um=config.pixel_size_um, frame_interval_s=config.frame_interval_s)
+    with_mass = link_scores(link_tracks(detections, params=LinkParams(), **kw), truth)
+    position_only = link_scores(link_tracks(detections, params=LinkParams(mass_sigmas=None), **kw), truth)
+    assert with_mass["link_precision"] > position_only["link_precision"]
+    # without a mass column linking falls back to positions
+    no_mass = link_tracks(detections.drop(columns="mass"), params=LinkParams(), **kw)
+    assert link_scores(no_mass, truth)["link_precision"] == pytest.approx(position_only["link_precision"])
+
+
+def test_fast_free_particles_link_in_bounded_time():
+    """1 µm²/s at 3 s frames (7-12 px per frame at 0.2 µm): not followable, but no blow-up."""
+    config = SimulationConfig(shape=(320, 320), n_frames=40, n_cells=4, D_free_um2_s=1.0, n_particles_initial=300,
+                              particle_arrival_per_min=100, seed=4)
+    truth = simulate(config).truth.particles
+    detections = detections_from_truth(truth)
+    start = time.perf_counter()
+    tracks = link_tracks(detections, pixel_size_um=config.pixel_size_um, frame_interval_s=config.frame_interval_s,
+                         params=LinkParams())
+    assert time.perf_counter() - start < 10.0
+    assert len(tracks) == len(detections)
+    # every detection is kept: free particles give short tracks
+    assert tracks["track_id"].nunique() > len(truth["particle_id"].unique())
+
+
+def test_dense_cluster_needs_adaptive_search():
+    """200 particles in a 20 px box, jumping up to the search range: adaptive search solves it."""
+    rng = np.random.default_rng(5)
+    start = rng.uniform(0, 20, (200, 2))
+    frames = [start + rng.normal(0, 1.0, start.shape) * t for t in range(4)]
+    detections = pd.concat([pd.DataFrame({"frame": t, "y": p[:, 0], "x": p[:, 1]}) for t, p in enumerate(frames)],
+                           ignore_index=True)
+    params = LinkParams(search_range_um=1.0)  # 10 px: every particle a candidate of every other
+    tracks = link_tracks(detections, pixel_size_um=0.1, frame_interval_s=1.0, params=params)
+    assert len(tracks) == len(detections)
+    with pytest.raises(UptrackError, match="adaptive_stop_um"):
+        link_tracks(detections, pixel_size_um=0.1, frame_interval_s=1.0,
+                    params=params.model_copy(update={"adaptive_stop_um": 1.0}))
+
+
+def test_memory_bridges_missed_frames_and_short_tracks_are_kept_unless_asked():
+    frames = [0, 1, 2, 5, 6]  # missed in frames 3 and 4
+    one = pd.DataFrame({"frame": frames, "y": 10.0 + 0.1 * np.arange(5), "x": 10.0})
+    blip = pd.DataFrame({"frame": [3], "y": [50.0], "x": [50.0]})  # a one-frame detection
+    detections = pd.concat([one, blip], ignore_index=True)
+    kw = dict(pixel_size_um=0.1, frame_interval_s=1.0)
+    tracks = link_tracks(detections, params=LinkParams(memory_frames=2), **kw)
+    assert tracks.loc[tracks["y"] < 40, "track_id"].nunique() == 1
+    assert tracks["track_id"].nunique() == 2
+    assert link_tracks(detections, params=LinkParams(memory_frames=1), **kw)["track_id"].nunique() == 3
+    long_only = link_tracks(detections, params=LinkParams(memory_frames=2, min_track_length=2), **kw)
+    assert len(long_only) == 5 and set(long_only["track_id"]) == {0}
+    empty = link_tracks(detections.iloc[:0], params=LinkParams(), **kw)
+    assert len(empty) == 0 and "track_id" in empty
+
+
+def test_search_range_from_diffusion():
+    detections = pd.DataFrame({"frame": [0], "y": [0.0], "x": [0.0], "ep": [0.2]})
+    params = LinkParams(max_diffusion_um2_s=0.05)
+    expected = SEARCH_SIGMAS * np.sqrt(2 * 0.05 * 3.0 / 0.2**2 + 2 * 0.2**2)
+    assert search_range_px(detections, pixel_size_um=0.2, frame_interval_s=3.0, params=params) == pytest.approx(expected)
+    given = LinkParams(search_range_um=1.0)
+    assert search_range_px(detections, pixel_size_um=0.2, frame_interval_s=3.0, params=given) == pytest.approx(5.0)
+    with pytest.raises(ValueError):
+        LinkParams(search_radius=3)
+
+
+def test_fill_gaps_recovers_dim_frames_end_to_end():
+    """Detect, link and fill gaps on a dim movie: recall rises, precision holds."""
+    config = SimulationConfig(shape=(160, 160), n_frames=16, n_cells=2, pixel_size_um=0.1, cell_radius_um=(3.0, 4.0),
+                              psf_sigma_px=1.2, snr=3.5, brightness_sigma=0.3, n_particles_initial=40,
+                              particle_arrival_per_min=0, D_free_um2_s=0.01, seed=6)
+    sim = simulate(config)
+    movie, truth = sim.movie[:, 1], sim.truth.particles
+    detect_params, params = DetectParams(psf_sigma_um=0.12), LinkParams()
+    detections = pd.concat([detect_frame(movie[f], f, pixel_size_um=0.1, params=detect_params)
+                            for f in range(config.n_frames)], ignore_index=True)
+    tracks = link_tracks(detections, pixel_size_um=0.1, frame_interval_s=config.frame_interval_s, params=params)
+    filled = fill_gaps(tracks, movie, pixel_size_um=0.1, frame_interval_s=config.frame_interval_s,
+                       detect_params=detect_params, params=params)
+    before = detection_scores(match_detections(tracks, truth))
+    after = detection_scores(match_detections(filled, truth))
+    assert after["detection_recall"] >= before["detection_recall"] + 0.01
+    assert after["detection_precision"] >= before["detection_precision"] - 0.01
+    assert list(filled.columns) == list(tracks.columns)
+    assert filled["track_id"].dtype == np.int64 and np.all(np.diff(filled["frame"].to_numpy()) >= 0)
+    assert link_scores(filled, truth)["link_precision"] >= 0.93  # particles crowd against the cells here
+    unchanged = fill_gaps(tracks, movie, pixel_size_um=0.1, frame_interval_s=config.frame_interval_s,
+                          detect_params=detect_params, params=LinkParams(fill_gaps_min_snr=None))
+    assert unchanged is tracks
