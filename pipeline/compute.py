@@ -1,19 +1,28 @@
 """Dask clusters from the config, and mapping tasks over them with progress.
 
 Dask is the engine at every scale: a ``LocalCluster`` of worker processes on a
-laptop or workstation, an existing scheduler, or (see ``batch``) a job-queue cluster.
+laptop or workstation, an existing scheduler, or SLURM / PBS / LSF jobs started by
+``dask-jobqueue`` (``compute.backend: slurm`` ...), fixed in number or adaptive.
+
+Progress: `map_tasks` and `progress` show a tqdm bar, unless the caller routes
+progress elsewhere with `progress_to` (``uptrack batch`` does, to draw one display
+for many movies running at once).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from tqdm.auto import tqdm
 
-from pipeline.config import ComputeConfig
+from pipeline.config import JOBQUEUE_BACKENDS, ComputeConfig, JobQueueConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,15 @@ def dask_client(config: ComputeConfig) -> Iterator[object | None]:
             log.info("Dask scheduler %s (dashboard %s)", config.address, client.dashboard_link)
             yield client
         return
+    if config.backend in JOBQUEUE_BACKENDS:
+        with jobqueue_cluster(config) as cluster, Client(cluster) as client:
+            q = config.jobqueue
+            scale = (f"adaptive, {q.adaptive_min_jobs} to {q.adaptive_max_jobs} jobs"
+                     if q.adaptive_max_jobs else f"{q.jobs} jobs")
+            log.info("Dask %s cluster: %s of %d worker processes, dashboard %s",
+                     config.backend.upper(), scale, q.processes, client.dashboard_link)
+            yield client
+        return
     n_workers = config.n_workers or default_n_workers()
     with LocalCluster(
         n_workers=n_workers,
@@ -59,6 +77,139 @@ def dask_client(config: ComputeConfig) -> Iterator[object | None]:
         log.info("Dask LocalCluster: %d worker processes, dashboard %s", n_workers,
                  client.dashboard_link)
         yield client
+
+
+# --- job-queue clusters (dask-jobqueue) --------------------------------------------------
+
+
+def _cluster_class(backend: str):
+    import dask_jobqueue
+
+    return {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster,
+            "lsf": dask_jobqueue.LSFCluster}[backend]
+
+
+def _lsf_walltime(walltime: str) -> str:
+    """LSF wants [HH:]MM; HH:MM:SS is rounded up to whole minutes."""
+    match = re.fullmatch(r"(\d+):(\d{2}):(\d{2})", walltime.strip())
+    if not match:
+        return walltime
+    hours, minutes, seconds = (int(g) for g in match.groups())
+    minutes = hours * 60 + minutes + math.ceil(seconds / 60)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def jobqueue_kwargs(backend: str, q: JobQueueConfig) -> dict:
+    """Keyword arguments of the dask-jobqueue cluster (and job) for a ``jobqueue`` section.
+
+    Unset options are left out, so dask-jobqueue's own configuration
+    (``~/.config/dask/jobqueue.yaml``) still applies to them.
+    """
+    kwargs = {
+        "cores": q.cores,
+        "processes": q.processes,
+        "memory": q.memory,
+        "walltime": _lsf_walltime(q.walltime) if backend == "lsf" else q.walltime,
+        "job_extra_directives": list(q.job_extra_directives),
+        "job_script_prologue": list(q.job_script_prologue),
+        "python": q.python or sys.executable,
+        "queue": q.queue,
+        "local_directory": q.local_directory,
+        "log_directory": q.log_directory,
+        "interface": q.interface,
+        "job_name": "uptrack-worker",
+    }
+    if q.account:
+        kwargs["project" if backend == "lsf" else "account"] = q.account
+    return {key: value for key, value in kwargs.items() if value is not None}
+
+
+def job_script(config: ComputeConfig, scheduler_address: str = "tcp://SCHEDULER:8786") -> str:
+    """The batch script each worker job runs, as dask-jobqueue writes it (nothing is started).
+
+    Parameters
+    ----------
+    config
+        A ``compute`` section with backend slurm, pbs or lsf.
+    scheduler_address
+        Placeholder for the scheduler the workers connect to (known once it runs).
+    """
+    if config.backend not in JOBQUEUE_BACKENDS:
+        raise ValueError(f"backend {config.backend!r} starts no batch jobs")
+    job_cls = _cluster_class(config.backend).job_cls
+    kwargs = jobqueue_kwargs(config.backend, config.jobqueue)
+    kwargs.pop("interface", None)  # resolving an interface needs it to exist here
+    return job_cls(scheduler=scheduler_address, name="uptrack-worker", **kwargs).job_script()
+
+
+@contextmanager
+def jobqueue_cluster(config: ComputeConfig) -> Iterator[object]:
+    """A running dask-jobqueue cluster: ``jobs`` jobs, or adaptive between min and max jobs."""
+    q = config.jobqueue
+    if q.log_directory:
+        os.makedirs(q.log_directory, exist_ok=True)
+    cluster_cls = _cluster_class(config.backend)
+    with cluster_cls(**jobqueue_kwargs(config.backend, q)) as cluster:
+        if q.adaptive_max_jobs:
+            cluster.adapt(minimum_jobs=q.adaptive_min_jobs, maximum_jobs=q.adaptive_max_jobs)
+        else:
+            cluster.scale(jobs=q.jobs)
+        yield cluster
+
+
+def n_worker_processes(config: ComputeConfig) -> int:
+    """How many worker processes the config asks for (the most, when adaptive)."""
+    if config.backend == "sync":
+        return 1
+    if config.backend in JOBQUEUE_BACKENDS:
+        q = config.jobqueue
+        return q.processes * (q.adaptive_max_jobs or q.jobs)
+    if config.backend == "address":
+        return config.n_workers or 1
+    return config.n_workers or default_n_workers()
+
+
+# --- progress ---------------------------------------------------------------------------
+
+#: Where progress goes: None (a tqdm bar) or ``callback(desc, done, total)``.
+_PROGRESS: ContextVar[Callable[[str, int, int], None] | None] = ContextVar("uptrack_progress",
+                                                                           default=None)
+
+
+@contextmanager
+def progress_to(callback: Callable[[str, int, int], None]) -> Iterator[None]:
+    """Send the progress of `map_tasks` and `progress` in this thread (context) to ``callback``.
+
+    ``callback(desc, done, total)`` is called when a bar starts and at each step.
+    """
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+class _CallbackBar:
+    """The part of tqdm's interface the pipeline uses, reporting to a callback."""
+
+    def __init__(self, callback, total: int, desc: str):
+        self.callback, self.total, self.desc, self.n = callback, total, desc, 0
+        callback(desc, 0, total)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.callback(self.desc, self.n, self.total)
+
+    def close(self) -> None:
+        pass
+
+
+def progress(total: int, desc: str, unit: str = "task"):
+    """A progress bar (tqdm, or the callback set by `progress_to`): ``.update()``, ``.close()``."""
+    callback = _PROGRESS.get()
+    if callback is not None:
+        return _CallbackBar(callback, total, desc)
+    return tqdm(total=total, desc=desc, unit=unit, leave=True)
 
 
 def map_tasks(client, function: Callable, items: Sequence, *, desc: str, **kwargs) -> list:
@@ -80,7 +231,7 @@ def map_tasks(client, function: Callable, items: Sequence, *, desc: str, **kwarg
     list
         The results, in the order of ``items``.
     """
-    bar = tqdm(total=len(items), desc=desc, unit="task", leave=True)
+    bar = progress(len(items), desc)
     try:
         if client is None:
             results = []

@@ -15,12 +15,31 @@ classify       states over time, events, track table           particles, events
 kinetics       per-cell time series and rates                  kinetics, cells, movie
 export         GEFF graph of the tracks                        tracks.geff
 =============  ==============================================  =====================
+
+Resume: a stage is marked done in the store's attributes only after its outputs are
+written; ``zones`` and ``classify`` replace the particles table they read, so each
+first keeps a copy of its input (under ``.tmp/inputs``, dropped when the store is
+complete) and a rerun after a kill starts from that copy, not from its own half-
+committed output. A store is reused only when it was made from the same config
+(``compute`` and ``output.overwrite`` aside: they do not change results) and the
+same input (checksum; a file whose size and modification time match the store's
+record keeps its recorded checksum, so resuming a multi-GB movie does not re-read it).
+
+``uptrack batch`` (`pipeline.batch`) runs many movies on one shared cluster: it passes
+its client, the movie's metadata (kept in the store's attrs), a log file, a stage
+callback, and ``stages_on_cluster=True`` so that the single-process stages also run
+as Dask tasks, on the workers, not in the process that drives the batch.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,7 +50,7 @@ import pandas as pd
 from pipeline import __version__, store
 from pipeline.celltrack import CellTracker, relabel
 from pipeline.classify import classify_tracks, summarize_tracks
-from pipeline.compute import dask_client, frame_chunks, map_tasks
+from pipeline.compute import dask_client, frame_chunks, map_tasks, progress, progress_to
 from pipeline.config import RunConfig, dump_config
 from pipeline.curation import curation_versions
 from pipeline.detect import DetectParams, detect_frame
@@ -45,6 +64,11 @@ from pipeline.zones import ZoneParams, cell_geometry, zones_for_frame
 log = logging.getLogger(__name__)
 
 STAGES = ("segment", "track_cells", "detect", "link", "zones", "classify", "kinetics", "export")
+#: Stages that run in one process (the others map Dask tasks over frames). With
+#: ``stages_on_cluster`` each runs as one Dask task on a worker.
+SERIAL_STAGES = ("track_cells", "link", "classify", "kinetics", "export")
+#: Where `Run` keeps the input of a stage that replaces it (see the module docstring).
+_INPUTS = ".tmp/inputs"
 
 
 @dataclass(frozen=True)
@@ -89,9 +113,13 @@ def _channel_frames(movie: Movie, channel: int, start: int, stop: int) -> np.nda
 
 
 def _segment_task(chunk, *, spec, channels, params: SegmentParams, path: str) -> list[int]:
+    import warnings
+
     import torch
 
     torch.set_num_threads(1)
+    # Cellpose 3 builds a sparse tensor per frame; torch warns about it every time
+    warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
     movie = spec.open()
     start, stop = chunk
     cells = _channel_frames(movie, channels[0], start, stop)
@@ -123,6 +151,71 @@ def _zones_task(item, *, path: str, pixel_size_um: float, params: ZoneParams) ->
     return pd.concat(parts, ignore_index=True)
 
 
+def _stage_task(config: RunConfig, stage: str, log_file: str | None) -> None:
+    """Run one single-process stage on a Dask worker (``stages_on_cluster``)."""
+    with log_to_file(log_file), progress_to(lambda *_: None):
+        getattr(Run(config), stage)(None)
+
+
+#: (thread, log file) pairs with a handler attached by `log_to_file`.
+_LOGGING_TO: set[tuple[int, str]] = set()
+
+
+@contextmanager
+def log_to_file(path: str | Path | None) -> Iterator[None]:
+    """Append this thread's ``pipeline`` log records (INFO and up) to ``path``.
+
+    Only records logged by the calling thread go to the file, so movies run in
+    parallel threads (``uptrack batch``) each get their own log.
+    """
+    key = None if path is None else (threading.get_ident(), str(Path(path).resolve()))
+    if key is None or key in _LOGGING_TO:  # none asked, or this thread logs there already
+        yield
+        return
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)-7s %(name)s [%(processName)s]: %(message)s"))
+    thread = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == thread)
+    logger = logging.getLogger("pipeline")
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    _LOGGING_TO.add(key)
+    try:
+        yield
+    finally:
+        _LOGGING_TO.discard(key)
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def _comparable(config: dict) -> dict:
+    """The parts of a dumped config that decide the results (not compute, not overwrite)."""
+    config = {key: value for key, value in config.items() if key != "compute"}
+    config["output"] = {k: v for k, v in config.get("output", {}).items() if k != "overwrite"}
+    return config
+
+
+def _interrupted_creation(path: Path) -> bool:
+    """A store whose creation was killed before its attributes were written.
+
+    `store.create_store` makes the Zarr group, then writes the attributes: in between,
+    the directory holds only an attribute-less ``zarr.json`` (and maybe an empty
+    ``tables`` group). Nothing else looks like that, so it is safe to replace.
+    """
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get("attributes") or meta.get("node_type") != "group":
+        return False
+    entries = {p.name for p in path.iterdir()}
+    tables = path / "tables"
+    return entries <= {"zarr.json", "tables"} and (
+        not tables.exists() or {p.name for p in tables.iterdir()} <= {"zarr.json"})
+
+
 # --- the run -------------------------------------------------------------------------
 
 
@@ -149,11 +242,22 @@ class Run:
 
     # store set-up and resume
 
-    def _attrs(self) -> dict:
+    def _input_identity(self, old: dict | None = None) -> dict:
+        """Checksum (and size, mtime) of the input; reused from ``old`` attrs when the file is unchanged."""
+        path = self.config.input.path
+        stat = None
+        if path.is_file():
+            st = path.stat()
+            stat = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        if stat and old and old.get("input_stat") == stat and old.get("input_checksum"):
+            return {"input_checksum": old["input_checksum"], "input_stat": stat}
+        return {"input_checksum": file_checksum(path), "input_stat": stat}
+
+    def _attrs(self, old: dict | None = None) -> dict:
         return {
             "config": dump_config(self.config),
             "input_path": str(self.config.input.path.resolve()),
-            "input_checksum": file_checksum(self.config.input.path),
+            **self._input_identity(old),
             "pixel_size_um": self.px_um,
             "frame_interval_s": self.dt_s,
             "channel_names": list(self.movie.channel_names),
@@ -161,38 +265,83 @@ class Run:
             "shape_yx": list(self.movie.data.shape[-2:]),
         }
 
-    def open_store(self) -> list[str]:
+    def inspect_store(self) -> tuple[str, dict]:
+        """What is at the output path already, and its attributes.
+
+        Returns
+        -------
+        state : str
+            ``"none"`` (nothing, or a store whose creation was interrupted),
+            ``"partial"`` (unfinished, same config and input: resumable),
+            ``"complete"`` (finished, same config and input), ``"other"`` (an uptrack
+            store made from another config or input; ``attrs["complete"]`` says if
+            finished), ``"foreign"`` (something that is not an uptrack store).
+        attrs : dict
+            The store's attributes ({} for none and foreign).
+        """
+        if not (self.path / "zarr.json").exists():
+            return ("foreign" if self.path.exists() and any(self.path.iterdir()) else "none"), {}
+        try:
+            old = store.read_attrs(self.path)
+        except InputError:
+            return ("none" if _interrupted_creation(self.path) else "foreign"), {}
+        same = (_comparable(old.get("config", {})) == _comparable(dump_config(self.config))
+                and old.get("input_checksum") == self._input_identity(old)["input_checksum"])
+        if not same:
+            return "other", old
+        return ("complete" if old.get("complete") else "partial"), old
+
+    def open_store(self, metadata: dict | None = None) -> list[str]:
         """Create the store, or reopen an unfinished one made with the same config.
+
+        Parameters
+        ----------
+        metadata
+            Descriptive values (condition, replicate, ...) kept as the ``metadata``
+            attribute; updated on a resumed store.
 
         Returns
         -------
         list of str
             Stages already done (resumed from a killed run).
         """
-        attrs = self._attrs()
-        if (self.path / "zarr.json").exists():
-            old = store.read_attrs(self.path)
-            if curation_versions(self.path):
-                raise InputError(
-                    f"{self.path} holds curation records (corrections made in napari); "
-                    "redoing the run would lose them, so nothing was changed. Move or rename "
-                    "the store first, or choose another output.name."
-                )
-            if old.get("complete") and not self.config.output.overwrite:
-                raise InputError(
-                    f"{self.path} already holds complete results; nothing was changed. "
-                    "Set output.overwrite: true (or --set output.overwrite=true) to redo "
-                    "them, or choose another output.name."
-                )
-            same = (old.get("config") == attrs["config"]
-                    and old.get("input_checksum") == attrs["input_checksum"])
-            if not old.get("complete") and same:
-                done = store.stages_done(self.path)
-                log.info("resuming %s: stages done %s", self.path, ", ".join(done) or "none")
-                return done
+        state, old = self.inspect_store()
+        if old and curation_versions(self.path):
+            raise InputError(
+                f"{self.path} holds curation records (corrections made in napari); "
+                "redoing the run would lose them, so nothing was changed. Move or rename "
+                "the store first, or choose another output.name."
+            )
+        if old.get("complete") and not self.config.output.overwrite:
+            raise InputError(
+                f"{self.path} already holds complete results; nothing was changed. "
+                "Set output.overwrite: true (or --set output.overwrite=true) to redo "
+                "them, or choose another output.name."
+            )
+        if state == "partial":
+            if metadata is not None and old.get("metadata") != metadata:
+                store.update_attrs(self.path, metadata=metadata)
+            done = store.stages_done(self.path)
+            log.info("resuming %s: stages done %s", self.path, ", ".join(done) or "none")
+            return done
+        if state == "none" and self.path.exists():
+            log.info("%s: replacing a store whose creation was interrupted", self.path)
+            shutil.rmtree(self.path)
+        attrs = self._attrs(old)
+        if metadata is not None:
+            attrs["metadata"] = metadata
         self.path.parent.mkdir(parents=True, exist_ok=True)
         store.create_store(self.path, attrs=attrs, overwrite=self.config.output.overwrite)
         return []
+
+    def _stage_input(self, stage: str, name: str) -> pd.DataFrame:
+        """Table ``name`` as it was when ``stage`` first started (see the module docstring)."""
+        group = f"{_INPUTS}/{stage}"
+        if not (self.path / group / name / "zarr.json").exists():
+            store.write_table(self.path, name, store_table(self.path, name), group=group)
+        from pipeline.results import read_table
+
+        return read_table(self.path, name, group=group)
 
     # stages
 
@@ -226,11 +375,12 @@ class Run:
         raw = store.open_labels(self.path, name="segmentation")
         store.create_labels(self.path, raw.shape)
         tracker = CellTracker(self.config.track_cells)
-        from tqdm.auto import tqdm
-
-        for t in tqdm(range(self.n_frames), desc="track cells", unit="frame"):
+        bar = progress(self.n_frames, "track cells", unit="frame")
+        for t in range(self.n_frames):
             frame = raw[t]
             store.write_label_frames(self.path, t, relabel(frame, tracker.update(frame, t))[None])
+            bar.update()
+        bar.close()
         log.info("track_cells: %d cells over the movie", tracker.next_id - 1)
 
     def detect(self, client) -> None:
@@ -249,7 +399,7 @@ class Run:
         store.write_table(self.path, "particles", particles)
 
     def zones(self, client) -> None:
-        particles = store_table(self.path, "particles")
+        particles = self._stage_input("zones", "particles")
         chunks = frame_chunks(self.n_frames, max(self.config.compute.frames_per_task, 8))
         items = [((a, b), particles[particles["frame"].between(a, b - 1)]) for a, b in chunks]
         parts = map_tasks(client, _zones_task, items, desc="zones", path=str(self.path),
@@ -259,7 +409,7 @@ class Run:
         store.write_table(self.path, "particles", zoned)
 
     def classify(self, client) -> None:
-        particles = store_table(self.path, "particles")
+        particles = self._stage_input("classify", "particles")
         particles, events = classify_tracks(particles, frame_interval_s=self.dt_s,
                                             params=self.config.classify)
         store.write_table(self.path, "particles", particles)
@@ -290,7 +440,9 @@ def store_table(path: Path, name: str) -> pd.DataFrame:
     return read_table(path, name)
 
 
-def run(config: RunConfig, *, client=None) -> Path:
+def run(config: RunConfig, *, client=None, metadata: dict | None = None,
+        log_file: str | Path | None = None, on_stage: Callable[[str, bool], None] | None = None,
+        stages_on_cluster: bool = False) -> Path:
     """Run every stage not yet done for one movie and return the store's path.
 
     Parameters
@@ -300,31 +452,55 @@ def run(config: RunConfig, *, client=None) -> Path:
     client
         A ``distributed.Client`` to use; by default one is made from ``config.compute``
         for the duration of the run.
+    metadata
+        Descriptive values of the movie (condition, particle type, replicate, ...),
+        kept in the store's ``metadata`` attribute.
+    log_file
+        Also append this run's log to this file (records of the calling thread, and
+        of the stages run on workers with ``stages_on_cluster``).
+    on_stage
+        Called as ``on_stage(stage, False)`` when a stage starts and
+        ``on_stage(stage, True)`` when it is done.
+    stages_on_cluster
+        With a client, run the single-process stages (`SERIAL_STAGES`) as Dask tasks
+        on the workers too, not in this process.
 
     Returns
     -------
     pathlib.Path
         The complete ``<name>.zarr`` store.
     """
-    job = Run(config)
-    done = job.open_store()
-    todo = [stage for stage in STAGES if stage not in done]
-    if todo:
-        if client is None and todo != ["export"]:
-            with dask_client(config.compute) as own:
-                _run_stages(job, todo, own)
-        else:
-            _run_stages(job, todo, client)
-    store.mark_complete(job.path)
+    with log_to_file(log_file):
+        job = Run(config)
+        done = job.open_store(metadata)
+        todo = [stage for stage in STAGES if stage not in done]
+        options = {"on_stage": on_stage, "on_cluster": stages_on_cluster,
+                   "log_file": None if log_file is None else str(log_file)}
+        if todo:
+            if client is None and todo != ["export"]:
+                with dask_client(config.compute) as own:
+                    _run_stages(job, todo, own, **options)
+            else:
+                _run_stages(job, todo, client, **options)
+        store.mark_complete(job.path)
+        log.info("%s complete", job.path)
     return job.path
 
 
-def _run_stages(job: Run, stages: list[str], client) -> None:
+def _run_stages(job: Run, stages: list[str], client, *, on_stage=None, on_cluster: bool = False,
+                log_file: str | None = None) -> None:
     for stage in stages:
+        if on_stage is not None:
+            on_stage(stage, False)
         start = time.perf_counter()
-        getattr(job, stage)(client)
+        if on_cluster and client is not None and stage in SERIAL_STAGES:
+            client.submit(_stage_task, job.config, stage, log_file, pure=False).result()
+        else:
+            getattr(job, stage)(client)
         store.mark_stage_done(job.path, stage)
         seconds = time.perf_counter() - start
         timings = store.read_attrs(job.path).get("stage_seconds", {})
         store.update_attrs(job.path, stage_seconds={**timings, stage: round(seconds, 2)})
         log.info("%-11s done in %.1f s", stage, seconds)
+        if on_stage is not None:
+            on_stage(stage, True)

@@ -1,0 +1,67 @@
+"""``uptrack batch BATCH.yaml``: many movies, one store each, and a batch summary table."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+HELP = "run the pipeline on many movies (batch config YAML) on one Dask cluster"
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", type=Path,
+                        help="batch config (YAML), e.g. configs/batch.yaml or configs/hpc_slurm.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a batch config field, e.g. --set compute.n_workers=4 "
+                        "--set run.detect.min_snr=4 (repeatable)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the work plan (and the job script for SLURM/PBS/LSF); run nothing")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no live progress (bars or per-stage lines); one line per finished movie is still printed")
+
+
+def main(args) -> int:
+    from pipeline.batch import BatchDisplay, check_models, describe_plan, load_plan, run_batch
+
+    plan = load_plan(args.config, args.overrides, strict=not args.dry_run)
+    if args.dry_run:
+        print(describe_plan(plan))
+        return 0
+    check_models(plan)
+    display = BatchDisplay(len(plan.jobs), plan.movies_at_once, stream=sys.stderr,
+                           live=not args.no_progress)
+    try:
+        with nullcontext() if args.verbose else _quiet_console():
+            report = run_batch(plan, client=None, display=display)
+    finally:
+        display.close()
+    ok = len(report.outcomes) - len(report.failed)
+    print(f"\n{ok} of {len(report.outcomes)} movies ok" +
+          (f", {len(report.failed)} failed:" if report.failed else ""))
+    for outcome in report.failed:
+        print(f"  {outcome.name}: {outcome.error}\n    log: {plan.logs_dir / (outcome.name + '.log')}")
+    print(f"summary: {report.summary_csv}\n         {report.summary_parquet}")
+    print(f"stores:  {plan.output_dir}/<movie>.zarr   logs: {plan.logs_dir}")
+    return report.exit_code
+
+
+@contextmanager
+def _quiet_console() -> Iterator[None]:
+    """Keep the pipeline's INFO lines off the terminal (they go to each movie's log file)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith("pipeline")
+
+    handlers = [h for h in logging.getLogger().handlers if not isinstance(h, logging.FileHandler)]
+    for handler in handlers:
+        handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
