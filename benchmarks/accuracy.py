@@ -35,7 +35,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import RunConfig, config_from_dict  # noqa: E402
+from pipeline.compute import dask_client  # noqa: E402
+from pipeline.config import ComputeConfig, RunConfig, config_from_dict  # noqa: E402
 from pipeline.evaluate import evaluate  # noqa: E402
 from pipeline.results import load_results  # noqa: E402
 from pipeline.runner import run  # noqa: E402
@@ -47,8 +48,10 @@ log = logging.getLogger("accuracy")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SAMPLE_CONFIG = REPO / "configs" / "sample.yaml"
 
-#: name -> (what it tests, SimulationConfig fields over the defaults: 320×320 px,
-#: 80 frames of 3 s, 6 cells, SNR 5, D_free 0.05 µm²/s, PSF sigma 1 px, cytoplasm stain).
+#: Every regime's movie: 256×256 px (0.2 µm), 60 frames of 3 s, 5 cells; over it the simulator's
+#: defaults (SNR 5, D_free 0.05 µm²/s, PSF sigma 1 px, cytoplasm stain) and the regime's fields.
+BASE = {"shape": (256, 256), "n_frames": 60, "n_cells": 5}
+#: name -> (what it tests, SimulationConfig fields over BASE).
 REGIMES: dict[str, tuple[str, dict]] = {
     "snr2": ("SNR 2", {"snr": 2.0}),
     "snr4": ("SNR 4", {"snr": 4.0}),
@@ -144,14 +147,15 @@ def replace_section(title: str, body: str, path: Path = RESULTS) -> None:
 # --- the benchmark -------------------------------------------------------------------
 
 
-def run_one(regime: str, seed: int, folder: Path, *, quick: bool) -> dict:
-    """Simulate, run and score one movie; the scores plus regime, seed and run time."""
-    fields = {**REGIMES[regime][1], **(QUICK if quick else {}), "seed": seed}
+def run_one(regime: str, seed: int, folder: Path, *, quick: bool, client=None) -> dict:
+    """Simulate, run and score one movie (on ``client``'s cluster, if given); the scores plus
+    regime, seed and run time."""
+    fields = {**BASE, **REGIMES[regime][1], **(QUICK if quick else {}), "seed": seed}
     config = SimulationConfig(**fields)
     name = f"{regime}_s{seed}"
     movie, truth = simulate_movie(config, folder, name)
     start = time.perf_counter()
-    store = run(run_config(movie, folder / "results", cell_diameter_um=cell_diameter_um(config)))
+    store = run(run_config(movie, folder / "results", cell_diameter_um=cell_diameter_um(config)), client=client)
     seconds = time.perf_counter() - start
     scores = evaluate(load_results(store), truth)
     log.info("%s: pipeline %.0f s; AP %s, precision %s, recall %s, state accuracy %s, k_int error %s, "
@@ -260,13 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     n_seeds = args.seeds or (1 if args.quick else 3)
     runs, failures = [], []
-    with tempfile.TemporaryDirectory(prefix="uptrack-accuracy-") as tmp:
+    compute = yaml.safe_load(SAMPLE_CONFIG.read_text())["compute"]
+    with (tempfile.TemporaryDirectory(prefix="uptrack-accuracy-") as tmp,
+          dask_client(ComputeConfig(**compute)) as client):  # one cluster for every movie
         folder = args.workdir or Path(tmp)
         jobs = [(regime, seed) for regime in args.regimes for seed in range(1, n_seeds + 1)]
         for i, (regime, seed) in enumerate(jobs, 1):
             log.info("[%d/%d] %s seed %d", i, len(jobs), regime, seed)
             try:
-                runs.append(run_one(regime, seed, folder, quick=args.quick))
+                runs.append(run_one(regime, seed, folder, quick=args.quick, client=client))
             except Exception as exc:  # one failed movie must not lose the others' results
                 log.exception("%s seed %d failed", regime, seed)
                 failures.append(f"{regime} seed {seed}: {type(exc).__name__}: {exc}")

@@ -44,10 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.config import JOBQUEUE_BACKENDS, ComputeConfig, RunConfig, _resolve_paths
+from pipeline.config import JOBQUEUE_BACKENDS, ComputeConfig, RunConfig, _resolve_paths, read_yaml_mapping
 from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -213,18 +212,8 @@ def load_batch_config(path: str | Path, overrides: list[str] = ()) -> tuple[Batc
     InputError
         Unreadable file, bad YAML, invalid fields (all listed, with the file's name).
     """
-    from pipeline.config import apply_overrides
-
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read batch config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: a batch config is a mapping (movies:, run:, output:, compute:)")
-    raw = apply_overrides(raw, list(overrides), str(path))
+    raw = read_yaml_mapping(path, overrides, what="batch config", sections="movies:, run:, output:, compute:")
     base = path.resolve().parent
     for entry in raw.get("movies") or []:
         if isinstance(entry, dict):
@@ -258,10 +247,8 @@ def load_batch_config(path: str | Path, overrides: list[str] = ()) -> tuple[Batc
 
 def _read_run_config(path: Path) -> dict:
     """A run config's settings with its paths absolute, minus input.path, output, compute."""
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"run_config {path}: cannot read it ({exc})") from None
+    raw = read_yaml_mapping(path, (), what="run config (run_config: of the batch config)",
+                            sections="input:, segment:, detect:, ...")
     _resolve_paths(raw, path.parent)
     raw.pop("output", None)
     raw.pop("compute", None)

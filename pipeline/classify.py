@@ -22,8 +22,11 @@ Emissions
     negative inside; :mod:`pipeline.zones`), not just the zone. With
     ``σ = membrane_sigma_um``: M ~ Normal(0, σ); V ∝ Φ(-d/σ) / L (flat inside,
     soft edge); E and R ∝ Φ(d/σ) / L (flat outside: ``released`` is history,
-    not geometry), with ``L = free_extent_um``. Detections with ``cell_id`` 0
-    (no cell within reach) or no distance can only be E or R.
+    not geometry), with ``L = free_extent_um``; each mixed with a 0.01 %
+    outlier component flat over ±L, so one detection on the wrong side of a
+    segmentation error (or a released particle drifting over a neighbour)
+    costs a bounded penalty instead of an impossible path. Detections with
+    ``cell_id`` 0 (no cell within reach) or no distance can only be E or R.
     Motion: the displacement ``ℓ`` (px) from the track's previous detection,
     Rayleigh with scale² ``g · s²`` over a gap of ``g`` frames, one ``s`` per
     motion class (free: E and R; membrane: M; vesicle: V), plus a 1 % broad
@@ -142,11 +145,14 @@ class ClassifyParams(BaseModel):
 
 #: Motion class of each state: free (E, R), membrane (M), vesicle (V).
 _MOTION_CLASS = np.array([0, 1, 2, 0])
-#: Fraction of steps drawn from a broad outlier component (linking errors, vesicle runs), and
-#: its scale relative to the broadest class: one wild step then costs at most ~log(1/0.01) nats
-#: instead of forcing a state change.
+#: Fraction of steps (and of distances) drawn from a broad outlier component (linking errors,
+#: vesicle runs, segmentation errors), and the step's scale relative to the broadest class: one
+#: wild observation then costs at most ~log(1/0.01) nats instead of forcing a state change.
 _OUTLIER_FRACTION = 0.01
 _OUTLIER_SCALE2 = 25.0
+#: The same for the distance to the membrane, flat over ±free_extent_um; rarer than wild steps
+#: (a free particle inside a cell costs ~10 nats per detection, as much as two events).
+_DISTANCE_OUTLIER_FRACTION = 1e-4
 #: Baum-Welch learns from at most this many detections (whole tracks, seeded draw) and stops when
 #: the log-likelihood gains less than _EM_TOLERANCE per detection in a round.
 _EM_MAX_DETECTIONS = 200_000
@@ -414,18 +420,27 @@ def _observations(particles: pd.DataFrame, tracks: _Tracks) -> _Observations:
     )
 
 
-def _log_distance_emission(distance_um: np.ndarray, near: np.ndarray, sigma: float, extent_um: float) -> np.ndarray:
-    """(n, 4) log-likelihood of each detection's signed distance (µm) under each state."""
+def _log_distance_emission(distance_um: np.ndarray, near: np.ndarray, sigma: float,
+                           extent_um: float) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 4) log-likelihood of each detection's signed distance (µm) under each state, and the
+    posterior probability that it came from the state's own density rather than the outlier one
+    (a fraction _DISTANCE_OUTLIER_FRACTION spread evenly over ±free_extent_um: a segmentation or
+    linking error can put one detection anywhere, and must not make every path impossible)."""
     d = np.where(np.isnan(distance_um), np.inf, distance_um) / sigma
-    out = np.empty((len(d), 4))
+    own = np.empty((len(d), 4))
     with np.errstate(invalid="ignore", over="ignore"):
-        out[:, M] = -0.5 * d**2 - np.log(sigma * np.sqrt(2 * np.pi))
-    out[:, V] = log_ndtr(-d) - np.log(extent_um)
-    out[:, E] = log_ndtr(d) - np.log(extent_um)
-    out[:, R] = out[:, E]
-    out[~near, M] = -np.inf
-    out[~near, V] = -np.inf
-    return np.nan_to_num(out, nan=-np.inf)
+        own[:, M] = -0.5 * d**2 - np.log(sigma * np.sqrt(2 * np.pi))
+    own[:, V] = log_ndtr(-d) - np.log(extent_um)
+    own[:, E] = log_ndtr(d) - np.log(extent_um)
+    own[:, R] = own[:, E]
+    own = np.nan_to_num(own, nan=-np.inf) + np.log1p(-_DISTANCE_OUTLIER_FRACTION)
+    outlier = np.where(np.isfinite(distance_um), np.log(_DISTANCE_OUTLIER_FRACTION / (2 * extent_um)),
+                       -np.inf)[:, None]
+    total = np.logaddexp(own, outlier)
+    total[~near, M] = -np.inf  # no cell within reach: neither bound nor inside one
+    total[~near, V] = -np.inf
+    with np.errstate(invalid="ignore"):
+        return total, np.nan_to_num(np.exp(own - total), nan=0.0)
 
 
 def _log_motion_components(step2_px2: np.ndarray, motion_px2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -443,7 +458,7 @@ def _log_motion_components(step2_px2: np.ndarray, motion_px2: np.ndarray) -> tup
 
 def _log_emission(obs: _Observations, model: _Model, params: ClassifyParams) -> np.ndarray:
     motion, _ = _log_motion_components(obs.step2_px2, model.motion_px2)
-    distance = _log_distance_emission(obs.distance_um, obs.near, model.sigma_um, params.free_extent_um)
+    distance, _ = _log_distance_emission(obs.distance_um, obs.near, model.sigma_um, params.free_extent_um)
     return distance + motion[:, _MOTION_CLASS]
 
 
@@ -526,7 +541,8 @@ def _baum_welch_step(tracks: _Tracks, obs: _Observations, model: _Model, prior: 
     motion = ((weight * obs.step2_px2[has_step, None]).sum(axis=0) / 2 + prior.motion_px2) / (weight.sum(axis=0) + 1)
 
     # membrane spread: responsibility-weighted RMS distance, plus one pseudo-detection at the prior
-    bound = gamma[:, M] * np.isfinite(obs.distance_um)
+    _, own_distance = _log_distance_emission(obs.distance_um, obs.near, model.sigma_um, params.free_extent_um)
+    bound = gamma[:, M] * own_distance[:, M] * np.isfinite(obs.distance_um)
     d2 = np.nan_to_num(obs.distance_um, nan=0.0, posinf=0.0, neginf=0.0) ** 2
     sigma = np.sqrt((np.sum(bound * d2) + prior.sigma_um**2) / (bound.sum() + 1))
 

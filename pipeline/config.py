@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import yaml
@@ -251,16 +252,39 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         Missing or unreadable file, bad YAML, or invalid fields (all listed).
     """
     path = Path(path)
+    raw = read_yaml_mapping(path, overrides, what="config",
+                            sections="input:, segment:, detect:, ...")
+    return config_from_dict(raw, base=path.resolve().parent, source=str(path))
+
+
+def read_yaml_mapping(path: Path, overrides: Sequence[str], *, what: str, sections: str) -> dict:
+    """A YAML file's top-level mapping with ``--set`` overrides applied.
+
+    Parameters
+    ----------
+    path
+        YAML file.
+    overrides
+        ``key.sub=value`` strings.
+    what
+        What the file is, for error messages ("config", "batch config").
+    sections
+        The sections it holds, named in the error when the file is not a mapping.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, bad YAML, not a mapping, or a bad override.
+    """
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
-        raise InputError(f"{path}: cannot read config ({exc.strerror})") from None
+        raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise InputError(f"{path}: a config is a mapping of sections (input:, segment:, ...)")
-    raw = apply_overrides(raw, list(overrides), str(path))
-    return config_from_dict(raw, base=path.resolve().parent, source=str(path))
+        raise InputError(f"{path}: a {what} is a mapping of sections ({sections})")
+    return apply_overrides(raw, list(overrides), str(path))
 
 
 def dump_config(config: RunConfig) -> dict:

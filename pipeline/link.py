@@ -28,6 +28,18 @@ summed squared displacement over every ambiguous subnetwork) and adds
   followed: they give short tracks, which are real detections and are kept
   unless ``min_track_length`` says otherwise.
 
+``close_gaps`` then joins track segments frame-by-frame linking left apart
+(u-track's gap closing): every track end is paired with at most one track
+start 1 to ``close_gaps_frames`` frames later, within the Brownian search
+radius for that gap, by one global assignment that minimises the summed
+negative log-likelihood of the jumps (position, and brightness as in
+linking); an end or start may stay unpaired at the cost of a jump at the edge
+of the search radius. Frame-by-frame linking breaks tracks where particles
+crowd (the adaptive search shrinks the radius there; a neighbour takes the
+link) and where a particle is missed for more than ``memory_frames``; such
+breaks cut a particle's history at the moments that matter (binding,
+internalization, release happen next to the crowded membrane).
+
 ``fill_gaps`` then recovers the frames a track skipped: in each, it looks for
 the particle where the track's neighbouring detections put it (a Brownian
 bridge: the search radius shrinks towards the known ends) with a lower
@@ -105,6 +117,13 @@ class LinkParams(BaseModel):
         gt=0,
         description="fill_gaps: detection threshold (detect.min_snr units) for a particle in the frames "
         "its track skipped, looked for at its interpolated position. Unset: no gap filling.",
+    )
+    close_gaps_frames: int = Field(
+        4,
+        ge=0,
+        description="Gap closing: join a track that ends to one that starts up to this many frames later "
+        "(ends and starts paired by a global assignment on the Brownian likelihood of the jump). Catches "
+        "the breaks frame-by-frame linking leaves where particles crowd. 0: no gap closing.",
     )
     min_track_length: int = Field(
         1,
@@ -195,6 +214,173 @@ def link_tracks(detections: pd.DataFrame, *, pixel_size_um: float, frame_interva
         table = table[length >= params.min_track_length].reset_index(drop=True)
         table["track_id"] = _first_appearance_ids(table["track_id"].to_numpy())
     return table
+
+
+def close_gaps(tracks: pd.DataFrame, *, pixel_size_um: float, frame_interval_s: float,
+               params: LinkParams) -> pd.DataFrame:
+    """Join tracks that end to tracks that start a few frames later (gap closing).
+
+    A pair (end of track ``a`` at frame ``f_a``, start of track ``b`` at
+    ``f_b``), ``1 ≤ g = f_b - f_a ≤ close_gaps_frames``, with a jump ``ℓ``
+    (px), costs ``ℓ² / (2 s(g)²) + log(s(g)² / s(1)²) - SEARCH_SIGMAS² / 2``:
+    the negative log-likelihood ratio of one track against two, so a pair is
+    a candidate only inside ``SEARCH_SIGMAS × s(g)`` and longer gaps cost more.
+    ``s(g)² = v g + 2 ε²`` per axis, with ``v`` the two tracks' own step
+    variance (their steps pooled with two pseudo-steps at the median of all
+    tracks', capped at ``2 D Δt`` from ``max_diffusion_um2_s``; ε: the median
+    ``ep``): slow particles (bound, vesicular) get a tight radius, free ones a
+    wide one. With ``mass_sigmas`` set, the change in log mass in units of its
+    measured spread adds its square over two, as in :func:`link_tracks`. One
+    assignment (``scipy.optimize.linear_sum_assignment``) per connected group
+    of candidates picks the pairs of least total cost; chains (a→b→c) form
+    when ``b`` is both a start and an end.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        Output of :func:`link_tracks`.
+    pixel_size_um, frame_interval_s : float
+    params : LinkParams
+
+    Returns
+    -------
+    DataFrame
+        ``tracks`` with joined tracks sharing one ``track_id`` (renumbered 0, 1,
+        2, ... in order of first appearance); rows and their order unchanged.
+    """
+    if params.close_gaps_frames == 0 or tracks.empty:
+        return tracks
+    ends, starts = _track_ends(tracks)
+    pairs = _gap_candidates(ends, starts, tracks, pixel_size_um=pixel_size_um,
+                            frame_interval_s=frame_interval_s, params=params)
+    if pairs.empty:
+        return tracks
+    joined = _assign_pairs(pairs)
+    parent = dict(zip(joined["end_track"], joined["start_track"]))
+    # every chain a -> b -> c takes the id of its first track
+    root = {}
+    for track in tracks["track_id"].unique():
+        root.setdefault(track, track)
+    for a in sorted(parent, key=lambda t: ends.loc[t, "frame"]):
+        root[parent[a]] = root[a]
+    out = tracks.copy()
+    out["track_id"] = _first_appearance_ids(out["track_id"].map(root).to_numpy())
+    return out
+
+
+def _track_ends(tracks: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Last and first detection of every track (frame, y, x, log mass), indexed by track id, with
+    the track's own squared steps: ``ss`` (sum over its steps of ℓ² / 2 / gap, px²) and ``n`` (steps)."""
+    t = tracks.sort_values(["track_id", "frame"], kind="stable")
+    same = np.append(t["track_id"].to_numpy()[1:] == t["track_id"].to_numpy()[:-1], False)
+    nxt = np.roll(np.arange(len(t)), -1)
+    y, x, f = t["y"].to_numpy(), t["x"].to_numpy(), t["frame"].to_numpy()
+    half_step2 = np.where(same, ((y[nxt] - y) ** 2 + (x[nxt] - x) ** 2) / 2 / np.maximum(f[nxt] - f, 1), 0.0)
+    # velocity of the step into each detection, px per frame (0 at a track's first detection)
+    into = np.append(False, same[:-1])
+    prev = np.roll(np.arange(len(t)), 1)
+    gap = np.maximum(f - f[prev], 1)
+    t = t.assign(ss=half_step2, n=same.astype(float), vy=np.where(into, (y - y[prev]) / gap, 0.0),
+                 vx=np.where(into, (x - x[prev]) / gap, 0.0))
+    if "mass" in t:
+        t = t.assign(log_mass=np.log(np.clip(t["mass"].to_numpy(float), 1e-12, None)))
+    columns = ["frame", "y", "x"] + (["log_mass"] if "log_mass" in t else [])
+    grouped = t.groupby("track_id", sort=True)
+    motion = grouped[["ss", "n"]].sum()
+    return grouped[columns + ["vy", "vx"]].last().join(motion), grouped[columns].first().join(motion)
+
+
+def _gap_candidates(ends: pd.DataFrame, starts: pd.DataFrame, tracks: pd.DataFrame, *, pixel_size_um: float,
+                    frame_interval_s: float, params: LinkParams) -> pd.DataFrame:
+    """Candidate (end track, start track, cost) pairs; cost < 0: more likely one track than two.
+
+    Each pair's per-axis step variance comes from the two tracks' own steps (their sum of ℓ²/2
+    per frame of gap over their number of steps), with two pseudo-steps at the median of all
+    tracks' variances and capped at the linking one (``max_diffusion_um2_s``): slow (bound,
+    vesicular) particles get a tight radius, free ones a wide one.
+    """
+    from scipy.spatial import cKDTree
+
+    step_px2, error_px2 = _motion_px2(tracks, pixel_size_um, frame_interval_s, params)
+    max_gap = params.close_gaps_frames
+    radius = SEARCH_SIGMAS * np.sqrt(step_px2 * max_gap + 2.0 * error_px2)
+    mass_spread = (_log_mass_spread(tracks, tracks["track_id"].to_numpy())
+                   if params.mass_sigmas is not None and "log_mass" in ends else None)
+    end_index, start_index = [], []
+    end_frame = ends["frame"].to_numpy()
+    for frame, group in starts.groupby("frame"):
+        near = np.flatnonzero((end_frame < frame) & (end_frame >= frame - max_gap))
+        if len(near) == 0:
+            continue
+        tree = cKDTree(ends[["y", "x"]].to_numpy()[near])
+        for row, hits in zip(starts.index.get_indexer(group.index),
+                             tree.query_ball_point(group[["y", "x"]].to_numpy(), radius)):
+            end_index += [near[h] for h in hits]
+            start_index += [row] * len(hits)
+    e, b = ends.iloc[end_index], starts.iloc[start_index]
+    own = ends["ss"] / ends["n"].where(ends["n"] > 0)
+    typical = float(np.nanmedian(own)) if own.notna().any() else step_px2
+    # per axis and frame, px², 2ε² included: the faster of the two (motion changes at events)
+    variance = np.maximum((e["ss"].to_numpy() + 2 * typical) / (e["n"].to_numpy() + 2),
+                          (b["ss"].to_numpy() + 2 * typical) / (b["n"].to_numpy() + 2))
+    one_frame = np.clip(variance, 2.0 * error_px2 + 1e-9, step_px2 + 2.0 * error_px2)  # no better than ε allows
+    gap = b["frame"].to_numpy() - e["frame"].to_numpy()
+    s2 = (one_frame - 2.0 * error_px2).clip(min=0) * gap + 2.0 * error_px2
+    dy, dx = b["y"].to_numpy() - e["y"].to_numpy(), b["x"].to_numpy() - e["x"].to_numpy()
+    # the jump as Brownian motion from the end, or as the end's last step carried on (a directed
+    # run, e.g. a vesicle heading for the membrane to fuse), whichever is more likely
+    d2 = np.minimum(dy**2 + dx**2, (dy - gap * e["vy"].to_numpy()) ** 2 + (dx - gap * e["vx"].to_numpy()) ** 2)
+    # negative log-likelihood ratio of one track against two: a jump inside the gate beats none,
+    # longer gaps cost the log of their wider spread
+    cost = d2 / (2 * s2) + np.log(s2 / one_frame) - SEARCH_SIGMAS**2 / 2
+    if mass_spread:
+        change = (b["log_mass"].to_numpy() - e["log_mass"].to_numpy()) / (params.mass_sigmas * mass_spread)
+        cost += 0.5 * change**2
+    keep = cost < 0
+    return pd.DataFrame({"end_track": e.index[keep], "start_track": b.index[keep], "cost": cost[keep]})
+
+
+def _log_mass_spread(table: pd.DataFrame, particle: np.ndarray) -> float | None:
+    """Robust spread (1.4826 × MAD) of the change in log mass between consecutive detections of
+    the same particle label; None if fewer than MIN_LINKS_FOR_MASS links or no spread."""
+    log_mass = np.log(np.clip(table["mass"].to_numpy(float), 1e-12, None))
+    order = np.lexsort((table["frame"].to_numpy(), particle))
+    linked = particle[order][1:] == particle[order][:-1]
+    change = np.diff(log_mass[order])[linked]
+    change = change[np.isfinite(change)]
+    if len(change) < MIN_LINKS_FOR_MASS:
+        return None
+    spread = 1.4826 * float(np.median(np.abs(change - np.median(change))))
+    return spread if spread > 0 else None
+
+
+def _assign_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The pairs a minimum-cost assignment keeps (costs relative to leaving both unpaired: < 0 gains)."""
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pairs = pairs[pairs["cost"] < 0]
+    if pairs.empty:
+        return pairs
+    end_codes, end_ids = pd.factorize(pairs["end_track"])
+    start_codes, start_ids = pd.factorize(pairs["start_track"])
+    n_end, n_start = len(end_ids), len(start_ids)
+    graph = coo_matrix((np.ones(len(pairs)), (end_codes, n_end + start_codes)),
+                       shape=(n_end + n_start,) * 2)
+    _, component = connected_components(graph, directed=False)
+    keep = []
+    for group in np.unique(component[end_codes]):
+        rows = np.flatnonzero(component[end_codes] == group)
+        e, e_index = np.unique(end_codes[rows], return_inverse=True)
+        s, s_index = np.unique(start_codes[rows], return_inverse=True)
+        cost = np.zeros((len(e), len(s)))  # 0: not paired (the reference)
+        cost[e_index, s_index] = pairs["cost"].to_numpy()[rows]
+        chosen_e, chosen_s = linear_sum_assignment(cost)
+        real = cost[chosen_e, chosen_s] < 0
+        lookup = {(a, b): r for a, b, r in zip(e_index, s_index, rows)}
+        keep += [lookup[(a, b)] for a, b in zip(chosen_e[real], chosen_s[real])]
+    return pairs.iloc[sorted(keep)]
 
 
 def fill_gaps(tracks: pd.DataFrame, frames, *, pixel_size_um: float, frame_interval_s: float,
@@ -296,16 +482,10 @@ def _link(coordinates: pd.DataFrame, *, search: float, memory: int, stop: float,
 def _with_brightness(table: pd.DataFrame, particle: np.ndarray, step_px: float) -> pd.DataFrame | None:
     """(frame, y, x, m) with m the log mass scaled so that its typical change along the first-pass
     tracks (``particle``) counts ``step_px`` px; None if too few links or no spread to measure."""
+    spread = _log_mass_spread(table, particle)
+    if spread is None:
+        return None
     log_mass = np.log(np.clip(table["mass"].to_numpy(float), 1e-12, None))
-    order = np.lexsort((table["frame"].to_numpy(), particle))
-    linked = particle[order][1:] == particle[order][:-1]
-    change = np.diff(log_mass[order])[linked]
-    change = change[np.isfinite(change)]
-    if len(change) < MIN_LINKS_FOR_MASS:
-        return None
-    spread = 1.4826 * float(np.median(np.abs(change - np.median(change))))  # of a change between two frames
-    if spread <= 0:
-        return None
     return table[["frame", "y", "x"]].assign(m=log_mass * step_px / spread)
 
 

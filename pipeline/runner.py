@@ -9,7 +9,7 @@ stage          what it does                                    writes
 segment        Cellpose per frame (Dask tasks)                 labels/segmentation
 track_cells    stable cell ids across frames                   labels/cells
 detect         particles per frame (Dask tasks)                tables/detections
-link           particle tracks                                 tables/particles
+link           particle tracks, gap closing, gap filling       tables/particles
 zones          distance to membrane, cell, zone (Dask tasks)   tables/particles
 classify       states over time, events, track table           particles, events, tracks
 kinetics       per-cell time series and rates                  kinetics, cells, movie
@@ -57,7 +57,7 @@ from pipeline.detect import DetectParams, detect_frame
 from pipeline.errors import InputError
 from pipeline.io import Movie, file_checksum, open_movie
 from pipeline.kinetics import cell_kinetics, cell_rates
-from pipeline.link import link_tracks
+from pipeline.link import close_gaps, fill_gaps, link_tracks
 from pipeline.segment import SegmentParams, estimate_diameter_um, segment_frame
 from pipeline.zones import ZoneParams, cell_geometry, zones_for_frame
 
@@ -393,9 +393,15 @@ class Run:
 
     def link(self, client) -> None:
         detections = store_table(self.path, "detections")
-        particles = link_tracks(detections, pixel_size_um=self.px_um, frame_interval_s=self.dt_s,
-                                params=self.config.link)
-        log.info("link: %d tracks", particles["track_id"].nunique())
+        scale = {"pixel_size_um": self.px_um, "frame_interval_s": self.dt_s, "params": self.config.link}
+        particles = link_tracks(detections, **scale)
+        n_linked = particles["track_id"].nunique()
+        particles = close_gaps(particles, **scale)
+        n_rows = len(particles)
+        particles = fill_gaps(particles, self.movie.data[:, self.channels[1], 0], detect_params=self.config.detect,
+                              **scale)
+        log.info("link: %d tracks (%d before gap closing), %d detections recovered in skipped frames",
+                 particles["track_id"].nunique(), n_linked, len(particles) - n_rows)
         store.write_table(self.path, "particles", particles)
 
     def zones(self, client) -> None:

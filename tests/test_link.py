@@ -11,7 +11,7 @@ import pytest
 from pipeline.detect import DetectParams, detect_frame
 from pipeline.errors import UptrackError
 from pipeline.evaluate import detection_scores, match_detections, tracking_scores
-from pipeline.link import SEARCH_SIGMAS, LinkParams, fill_gaps, link_tracks, search_range_px
+from pipeline.link import SEARCH_SIGMAS, LinkParams, close_gaps, fill_gaps, link_tracks, search_range_px
 from pipeline.simulate import SimulationConfig, simulate
 
 #: Localisation error of the synthetic detections, px, and spread of their log mass.
@@ -129,6 +129,73 @@ def test_memory_bridges_missed_frames_and_short_tracks_are_kept_unless_asked():
     assert len(long_only) == 5 and set(long_only["track_id"]) == {0}
     empty = link_tracks(detections.iloc[:0], params=LinkParams(), **kw)
     assert len(empty) == 0 and "track_id" in empty
+
+
+def test_close_gaps_rejoins_tracks_broken_by_long_misses():
+    """Particles missed for 3-4 frames (beyond trackpy's memory) are rejoined, and rightly."""
+    config = SimulationConfig(shape=(256, 256), n_frames=30, n_cells=4, pixel_size_um=0.1, cell_radius_um=(4.0, 6.0),
+                              psf_sigma_px=1.0, n_particles_initial=80, D_free_um2_s=0.01, seed=2)
+    truth = simulate(config).truth.particles
+    detections = detections_from_truth(truth)
+    detections["particle"] = truth.loc[truth["visible"], "particle_id"].to_numpy()
+    particle, frame = detections["particle"].to_numpy(), detections["frame"].to_numpy()
+    # a third of the particles vanish for 3 or 4 frames from a random frame on
+    rng = np.random.default_rng(1)
+    hidden = np.zeros(len(detections), bool)
+    pids = np.unique(particle)
+    for pid in rng.choice(pids, size=len(pids) // 3, replace=False):
+        start = rng.integers(5, 20)
+        hidden |= (particle == pid) & (frame >= start) & (frame < start + rng.integers(3, 5))
+    seen = pd.DataFrame({"particle": particle, "frame": frame, "hidden": hidden})
+    span = seen[seen["hidden"]].groupby("particle")["frame"].agg(["min", "max"])
+    shown = seen[~seen["hidden"]].groupby("particle")["frame"].agg(["min", "max"]).reindex(span.index)
+    n_gaps = int(((shown["min"] < span["min"]) & (shown["max"] > span["max"])).sum())  # seen on both sides
+
+    broken = detections[~hidden].reset_index(drop=True)
+    kw = dict(pixel_size_um=config.pixel_size_um, frame_interval_s=config.frame_interval_s)
+    params = LinkParams(memory_frames=2, close_gaps_frames=5, fill_gaps_min_snr=None)
+    linked = link_tracks(broken, params=params, **kw)
+    closed = close_gaps(linked, params=params, **kw)
+
+    def long_steps(tracks):
+        """Per step of a track over more than 3 frames: whether it stays on one true particle."""
+        t = tracks.sort_values(["track_id", "frame"])
+        step = (t["track_id"].to_numpy()[1:] == t["track_id"].to_numpy()[:-1]) & (np.diff(t["frame"]) > 3)
+        return (t["particle"].to_numpy()[1:] == t["particle"].to_numpy()[:-1])[step]
+
+    assert n_gaps >= 20 and len(long_steps(linked)) == 0  # trackpy's memory (2 frames) cannot bridge them
+    joined = long_steps(closed)
+    assert len(joined) >= 0.5 * n_gaps  # measured: 25 of 34
+    assert joined.mean() >= 0.85  # measured: 23 of 25 right
+    assert link_scores(closed, truth)["link_precision"] >= link_scores(linked, truth)["link_precision"] - 0.005
+    # rows and their order unchanged, ids renumbered by first appearance
+    assert closed.drop(columns="track_id").equals(linked.drop(columns="track_id"))
+    first = closed.drop_duplicates("track_id")["track_id"].to_numpy()
+    assert np.array_equal(first, np.arange(len(first)))
+    off = close_gaps(linked, params=params.model_copy(update={"close_gaps_frames": 0}), **kw)
+    assert off["track_id"].equals(linked["track_id"])
+
+
+def test_close_gaps_pairs_by_likelihood_and_chains():
+    """The assignment pairs ends and starts for the least total cost, not greedily; a start out of
+    reach stays alone; a track joined at both ends forms one chain."""
+    rows = [
+        (0, 0, 10.0, 10.2), (0, 1, 10.0, 10.2),  # a: ends at frame 1 at x = 10.2
+        (1, 0, 10.0, 13.0), (1, 1, 10.0, 13.0),  # b: ends at frame 1 at x = 13
+        (2, 4, 10.0, 11.3), (2, 5, 10.0, 11.3),  # c: starts at frame 4, 1.1 px from a, 1.7 px from b
+        (3, 4, 10.0, 8.9), (3, 5, 10.0, 8.9),    # d: starts at frame 4, 1.3 px from a, out of b's reach
+        (4, 8, 10.0, 9.1),                       # e: starts at frame 8 next to d's end
+        (5, 3, 60.0, 60.0),                      # f: far from everything
+    ]
+    tracks = pd.DataFrame(rows, columns=["track_id", "frame", "y", "x"]).sort_values("frame", ignore_index=True)
+    tracks["ep"] = 0.4  # px: a still particle's jump then has sigma 0.57 px per axis, reach 2 px
+    params = LinkParams(max_diffusion_um2_s=0.01, memory_frames=0, close_gaps_frames=4)
+    closed = close_gaps(tracks, pixel_size_um=0.1, frame_interval_s=1.0, params=params)
+    label = dict(zip(zip(tracks["track_id"], tracks["frame"]), closed["track_id"]))
+    # greedy would join a to its nearest start c and leave b alone; a-d plus b-c is more likely
+    assert label[(0, 0)] == label[(3, 4)] == label[(4, 8)]
+    assert label[(1, 0)] == label[(2, 4)]
+    assert closed["track_id"].nunique() == 3
 
 
 def test_search_range_from_diffusion():
