@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -221,6 +221,48 @@ def _allowed_fields(loc: tuple) -> str:
             return "check the spelling"
         model = annotation
     return "allowed: " + ", ".join(model.model_fields)
+
+
+def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> str:
+    """Markdown reference of every config field: name, type, default, description.
+
+    ``configs/REFERENCE.md`` is this text (a test keeps it up to date).
+    """
+    if not prefix:
+        lines = ["# Run config reference", "",
+                 "Generated from the pydantic models (`pipeline.config.config_reference`); every field of",
+                 "a run config, by section. Units are in the names (`_um`, `_s`, `_per_min`). Unknown fields",
+                 "are errors. Override any field with `--set section.field=value`.", ""]
+    else:
+        lines = []
+    rows, sections = [], []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            sections.append((f"{prefix}{name}", annotation))
+            continue
+        default = "required" if field.is_required() else f"`{_plain(field.default)}`"
+        if get_origin(annotation) is Literal:
+            kind = "one of " + ", ".join(_plain(v) for v in get_args(annotation))
+        else:
+            kind = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        cells = [f"`{name}`", kind, default, (field.description or "").replace("\n", " ")]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    if rows:
+        lines += [f"## `{prefix.rstrip('.') or 'run'}`", "", "| field | type | default | what it is |",
+                  "|---|---|---|---|", *rows, ""]
+    for name, section in sections:
+        lines.append(config_reference(section, f"{name}.").rstrip("\n") + "\n")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _plain(value) -> str:
+    """A default value as it would be written in YAML."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, BaseModel):
+        return "{...}"
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def config_from_dict(raw: dict[str, Any], *, base: Path, source: str) -> RunConfig:

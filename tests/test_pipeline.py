@@ -141,3 +141,17 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert cli_main(["run", str(missing)]) == 2
     assert "cannot read config" in capsys.readouterr().err
     assert cli_main([]) == 2
+
+
+def test_config_reference_is_up_to_date():
+    """configs/REFERENCE.md is what config_reference() writes: every field, none stale."""
+    from pipeline.config import RunConfig, config_reference
+
+    committed = (ROOT / "configs" / "REFERENCE.md").read_text()
+    assert committed == config_reference(), (
+        "configs/REFERENCE.md is stale: regenerate it with\n"
+        "  .venv/bin/python -c 'from pipeline.config import config_reference; "
+        "print(config_reference(), end=\"\")' > configs/REFERENCE.md")
+    for section, model in RunConfig.model_fields.items():
+        assert f"## `{section}`" in committed
+    assert "| `close_gaps_frames` | int | `4` |" in committed

@@ -11,6 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
+    parser.epilog = "Every config field, its unit, default and meaning: configs/REFERENCE.md."
     parser.add_argument("config", type=Path, help="run config (YAML), e.g. configs/sample.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set detect.min_snr=4 (repeatable)")
