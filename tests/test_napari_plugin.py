@@ -245,7 +245,7 @@ def test_filters_choose_the_tracks_shown(inspected, truth_store):
     assert layers["Tracks"].visible and inspector.tracks_table.rowCount() > 0
 
 
-def test_a_correction_round_trips_through_the_store_and_updates_kinetics(inspected, truth_store, capsys):
+def test_a_correction_round_trips_through_the_store_and_updates_kinetics(inspected, truth_store, capsys, qtbot):
     viewer, layers, inspector = inspected
     results = load_results(truth_store)
     events = results.events[results.events["kind"] == "internalization"]
@@ -257,7 +257,10 @@ def test_a_correction_round_trips_through_the_store_and_updates_kinetics(inspect
     panel.state.setCurrentText("membrane_bound")
     panel.add_correction()
     panel.note.setText("not internalised: stays at the membrane")
-    panel.save()
+    with qtbot.waitSignal(panel.saved, timeout=60_000):
+        panel.save()
+        assert not panel.isEnabled()  # saving runs in a worker thread; the panel waits for it
+    assert panel.isEnabled()
 
     [version] = curation_versions(truth_store)
     assert version["n_corrections"] == 1 and version["note"].startswith("not internalised")
@@ -286,13 +289,30 @@ def test_a_correction_round_trips_through_the_store_and_updates_kinetics(inspect
     panel.select_track(false, 0, 10**5)
     panel.state.setCurrentText("false track")
     panel.add_correction()
-    panel.save()
+    with qtbot.waitSignal(panel.saved, timeout=60_000):
+        panel.save()
     assert [v["n_corrections"] for v in curation_versions(truth_store)] == [1, 2]
     assert false not in set(layers["Points"].features["track_id"])
     assert false not in set(layers["Tracks"].data[:, 0].astype(int))
     assert false not in set(load_results(truth_store, curated=True).tracks["track_id"])
     assert (layers["Points"].features["state"][layers["Points"].features["track_id"] == track.name]
             == "membrane_bound").all()
+
+
+def test_a_failed_save_says_why_and_leaves_the_panel_usable(qtbot, tmp_path):
+    """Saving into something that is not a store reports the error in the panel, writes nothing."""
+    from napari_uptrack._curation_widget import CorrectionPanel
+
+    calls = []
+    panel = CorrectionPanel(on_saved=lambda: calls.append("saved"))
+    qtbot.addWidget(panel)
+    panel.path = tmp_path / "not_a_store.zarr"
+    panel.select_track(3, 0, 5)
+    panel.add_correction()
+    panel.save()
+    qtbot.waitUntil(panel.isEnabled, timeout=30_000)
+    assert "not_a_store.zarr" in panel.status.text() and not calls
+    assert not (tmp_path / "not_a_store.zarr").exists()
 
 
 # --- detection tuning and run widgets ----------------------------------------------------------

@@ -8,10 +8,12 @@ recomputes the curated tables and kinetics (`pipeline.curation`), exactly as
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QGridLayout, QGroupBox, QLabel, QLineEdit, QPushButton, QSpinBox, QTableWidget
 
 from pipeline.curation import apply_curation, curation_versions, empty_corrections, read_corrections, save_corrections
@@ -22,6 +24,8 @@ from napari_uptrack._helpers import fill_table
 
 FALSE_TRACK = "false track"
 
+log = logging.getLogger(__name__)
+
 
 class CorrectionPanel(QGroupBox):
     """Corrections of one store: add, remove, save as a new curation version.
@@ -31,6 +35,9 @@ class CorrectionPanel(QGroupBox):
     on_saved : callable
         Called with no arguments after a save, once the curated tables are written.
     """
+
+    #: Emitted with the curation version once a save is written and shown.
+    saved = Signal(int)
 
     def __init__(self, on_saved: Callable[[], None]):
         super().__init__("Review and correct")
@@ -102,17 +109,51 @@ class CorrectionPanel(QGroupBox):
         self.corrections = self.corrections.drop(index=rows).reset_index(drop=True)
         self._show()
 
-    def save(self) -> None:
-        """Save the corrections as a new curation version and recompute the curated tables."""
-        try:
-            version = save_corrections(self.path, self.corrections, note=self.note.text())
-        except InputError as exc:
-            self.status.setText(str(exc))
+    def save(self):
+        """Save the corrections as a new curation version and recompute the curated tables, in a
+        background thread (a large store takes seconds); the panel is disabled meanwhile and
+        ``saved`` is emitted with the version once the tables are written and shown.
+
+        Returns
+        -------
+        napari.qt.threading.WorkerBase
+            The running worker.
+        """
+        from napari.qt.threading import thread_worker
+
+        path, corrections, note = self.path, self.corrections.copy(), self.note.text()
+
+        @thread_worker
+        def write() -> tuple[int | None, str]:
+            """(version, "") once saved, (None, why) if not."""
+            try:
+                version = save_corrections(path, corrections, note=note)
+                apply_curation(path, version)
+                return version, ""
+            except InputError as exc:  # the user's to fix: shown in the panel
+                log.warning("corrections not saved: %s", exc)
+                return None, str(exc)
+            except Exception as exc:  # a bug: shown in the panel, the traceback in the log
+                log.exception("saving corrections to %s failed", path)
+                return None, f"not saved: {type(exc).__name__}: {exc}"
+
+        worker = write()
+        worker.returned.connect(self._done)
+        self.setEnabled(False)
+        self.status.setText(f"saving {len(corrections)} corrections and recomputing kinetics ...")
+        worker.start()
+        return worker
+
+    def _done(self, result: tuple[int | None, str]) -> None:
+        self.setEnabled(True)
+        version, why = result
+        if version is None:
+            self.status.setText(why)
             return
-        apply_curation(self.path, version)
         self.note.clear()
         self.status.setText(f"saved curation v{version} (corrections: {len(self.corrections)}); kinetics recomputed")
         self.on_saved()
+        self.saved.emit(version)
 
     def _show(self) -> None:
         fill_table(self.table, self.corrections)
