@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -140,6 +141,14 @@ def _use_gpu(gpu: Literal["auto", True, False]) -> bool:
     return bool(gpu)
 
 
+#: One Cellpose call at a time per process: a model object is shared (``load_model`` caches
+#: it) and torch's first CPU pass converts modules with TorchScript, which fails when two
+#: threads do it at once ("Can't redefine method ... MkldnnBatchNorm": two movies of a batch
+#: measuring their cell diameter together in the driver process). Dask workers run one
+#: task per thread; frames still run in parallel across worker processes.
+_CELLPOSE_LOCK = threading.RLock()
+
+
 @lru_cache(maxsize=4)
 def load_model(model: str, gpu: Literal["auto", True, False] = "auto"):
     """Load a Cellpose model once per process (Dask workers reuse it across frames).
@@ -159,7 +168,8 @@ def load_model(model: str, gpu: Literal["auto", True, False] = "auto"):
     from cellpose import models
 
     os.environ.setdefault("CELLPOSE_LOCAL_MODELS_PATH", str(models.MODEL_DIR))
-    return models.CellposeModel(gpu=_use_gpu(gpu), pretrained_model=weights)
+    with _CELLPOSE_LOCK:
+        return models.CellposeModel(gpu=_use_gpu(gpu), pretrained_model=weights)
 
 
 def model_diameter_px(cp_model) -> float:
@@ -232,6 +242,12 @@ def segment_frame(
     numpy.ndarray
         Label image (Y, X), uint32, 0 = background, cells numbered 1..N.
     """
+    with _CELLPOSE_LOCK:
+        return _segment_locked(cells, pixel_size_um=pixel_size_um, params=params, nuclei=nuclei)
+
+
+def _segment_locked(cells: np.ndarray, *, pixel_size_um: float, params: SegmentParams,
+                    nuclei: np.ndarray | None) -> np.ndarray:
     cp_model = load_model(params.model, params.gpu)
     diameter = (
         params.diameter_um / pixel_size_um if params.diameter_um else model_diameter_px(cp_model)

@@ -76,3 +76,33 @@ def test_cell_diameter_is_measured_on_the_image(pixel_size_um, radius_um):
     found = estimate_diameter_um(images[0], pixel_size_um=pixel_size_um,
                                  params=SegmentParams(model=str(SHIPPED)))
     assert found == pytest.approx(true_um, rel=0.15)
+
+
+def test_cellpose_from_two_threads_of_one_process():
+    """Two movies of a batch measure their cell diameter at once in the driver process: in a fresh
+    process torch's first CPU pass scripts modules and two threads doing it together fail ("Can't
+    redefine method ... MkldnnBatchNorm", 2 of 3 tries without the lock). Run in a subprocess so
+    that the pass really is the first."""
+    import subprocess
+    import sys
+
+    script = f"""
+import threading
+import tifffile
+from pipeline.segment import SegmentParams, estimate_diameter_um
+image = tifffile.imread({str(ROOT / "sample_data" / "demo.ome.tif")!r})[0, 0]
+params = SegmentParams(model={str(SHIPPED)!r})
+found, errors = [], []
+def measure():
+    try:
+        found.append(estimate_diameter_um(image, pixel_size_um=0.2, params=params))
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=measure) for _ in range(2)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+assert not errors, errors
+assert len(found) == 2 and found[0] == found[1] and found[0] > 5, found
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
