@@ -113,13 +113,9 @@ def _channel_frames(movie: Movie, channel: int, start: int, stop: int) -> np.nda
 
 
 def _segment_task(chunk, *, spec, channels, params: SegmentParams, path: str) -> list[int]:
-    import warnings
-
     import torch
 
     torch.set_num_threads(1)
-    # Cellpose 3 builds a sparse tensor per frame; torch warns about it every time
-    warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
     movie = spec.open()
     start, stop = chunk
     cells = _channel_frames(movie, channels[0], start, stop)

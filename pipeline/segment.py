@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import threading
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -168,6 +169,8 @@ def load_model(model: str, gpu: Literal["auto", True, False] = "auto"):
     from cellpose import models
 
     os.environ.setdefault("CELLPOSE_LOCAL_MODELS_PATH", str(models.MODEL_DIR))
+    # Cellpose 3 builds a sparse tensor per frame and torch warns about it every time
+    warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
     with _CELLPOSE_LOCK:
         return models.CellposeModel(gpu=_use_gpu(gpu), pretrained_model=weights)
 
