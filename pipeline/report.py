@@ -54,14 +54,39 @@ def summary_text(results, truth=None) -> str:
         if name in true_pooled:
             line += f"{true_pooled[name]:.3f}"
         lines.append(line)
-    lines += ["", "per cell: " + "   ".join(["cell", "k_internalization", "k_release", "n_int", "n_rel"])]
+    true_cells = _true_cells(results, truth) if truth is not None else pd.DataFrame()
+    header = ["cell", "k_internalization", "k_release", "n_int", "n_rel"]
+    if len(true_cells):
+        header.append("  truth: k_int  k_rel  n_int n_rel (true cell)")
+    lines += ["", "per cell: " + "   ".join(header)]
     for _, row in cells.iterrows():
-        lines.append(
-            f"  {int(row['cell_id']):>4}  {_rate(row, 'k_internalization_per_min'):<26}"
-            f"{_rate(row, 'k_release_per_min'):<26}"
-            f"{int(row.get('n_internalization', 0)):>4} {int(row.get('n_release', 0)):>4}"
-        )
+        line = (f"  {int(row['cell_id']):>4}  {_rate(row, 'k_internalization_per_min'):<26}"
+                f"{_rate(row, 'k_release_per_min'):<26}"
+                f"{int(row.get('n_internalization', 0)):>4} {int(row.get('n_release', 0)):>4}")
+        if int(row["cell_id"]) in true_cells.index:
+            t = true_cells.loc[int(row["cell_id"])]
+            line += (f"          {t['k_internalization_per_min']:.3f}  {t['k_release_per_min']:.3f}"
+                     f" {int(t['n_internalization']):>4} {int(t['n_release']):>4}  ({int(t['cell_id'])})")
+        lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _true_cells(results, truth) -> pd.DataFrame:
+    """Realised true rates of the simulated cell under each found cell (largest overlap in the
+    first frame), indexed by the found cell's id; empty when labels are missing."""
+    if results.cell_labels is None or truth.cell_labels is None or not len(truth.cells):
+        return pd.DataFrame()
+    found = np.asarray(results.cell_labels[0]).ravel()
+    true = np.asarray(truth.cell_labels[0]).ravel()
+    inside = (found > 0) & (true > 0)
+    pairs = pd.DataFrame({"found": found[inside], "true": true[inside]}).value_counts().reset_index()
+    best = pairs.sort_values("count", ascending=False).drop_duplicates("found").set_index("found")["true"]
+    cells = truth.cells.set_index("cell_id")
+    rows = cells.reindex(best.to_numpy()).assign(cell_id=best.to_numpy())
+    rows["k_internalization_per_min"] = rows["n_internalization"] / (rows["membrane_bound_time_s"] / 60)
+    rows["k_release_per_min"] = rows["n_release"] / (rows["vesicular_time_s"] / 60)
+    rows.index = best.index.astype(int)
+    return rows.dropna(subset=["n_internalization"])
 
 
 def _true_pooled(truth) -> dict[str, float]:

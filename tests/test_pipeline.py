@@ -40,6 +40,23 @@ def test_sample_run_matches_ground_truth(sample_run):
         assert scores[f"k_{kind}_per_min_ci_covers_true"], kind
 
 
+def test_summary_puts_each_cells_truth_beside_its_estimate(sample_run):
+    """The printed summary pairs every found cell with the simulated cell under it."""
+    from pipeline.report import summary_text
+
+    config, results = sample_run
+    truth = load_truth(config.input.path)
+    lines = summary_text(results, truth).splitlines()
+    rows = lines[lines.index(next(line for line in lines if line.startswith("per cell:"))) + 1:]
+    assert len(rows) == len(results.cells) == len(truth.cells)
+    true_ids = [int(row.rsplit("(", 1)[1].rstrip(")")) for row in rows]
+    assert sorted(true_ids) == sorted(truth.cells["cell_id"])  # one-to-one
+    for row, true_id in zip(rows, true_ids):
+        n_int_found, n_int_true = int(row.split()[7]), int(row.split()[-3])
+        expected = truth.cells.set_index("cell_id").loc[true_id, "n_internalization"]
+        assert n_int_true == expected and abs(n_int_found - n_int_true) <= 2
+
+
 def test_store_holds_every_part_of_the_contract(sample_run):
     config, results = sample_run
     assert results.attrs["complete"] and list(results.attrs["stages_completed"]) == list(STAGES)
