@@ -46,7 +46,8 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.config import JOBQUEUE_BACKENDS, ComputeConfig, RunConfig, _resolve_paths, read_yaml_mapping
+from pipeline.config import (JOBQUEUE_BACKENDS, ComputeConfig, RunConfig, _resolve_paths,
+                             format_validation_error, read_yaml_mapping)
 from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -153,39 +154,6 @@ class BatchConfig(_Section):
 # --- loading --------------------------------------------------------------------------
 
 
-def _format_errors(exc: ValidationError, source: str, root: type[BaseModel]) -> str:
-    """Pydantic errors as lines naming the file, the field and what is allowed."""
-    lines = [f"{source}: invalid batch config"]
-    for err in exc.errors():
-        loc = err["loc"]
-        name = ".".join(str(p) for p in loc) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"  {name}: unknown field; {_allowed(root, loc)}")
-        elif err["type"] == "missing":
-            lines.append(f"  {name}: required field is missing")
-        elif err["type"] == "value_error":
-            lines.append(f"  {name}: {err['msg'].removeprefix('Value error, ')}")
-        else:
-            lines.append(f"  {name}: {err['msg']} (got {err.get('input')!r})")
-    return "\n".join(lines)
-
-
-def _allowed(root: type[BaseModel], loc: tuple) -> str:
-    model = root
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        info = model.model_fields.get(str(part))
-        annotation = info.annotation if info else None
-        args = getattr(annotation, "__args__", ())
-        candidates = [annotation, *args]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
-                     None)
-        if model is None:
-            return "check the spelling"
-    return "allowed: " + ", ".join(model.model_fields)
-
-
 def _resolve(value: str | Path, base: Path) -> str:
     """An absolute path: ``~`` and ``$VARS`` expanded, relative to ``base``."""
     return os.path.normpath(base / Path(os.path.expandvars(str(value))).expanduser())
@@ -237,7 +205,7 @@ def load_batch_config(path: str | Path, overrides: list[str] = ()) -> tuple[Batc
     try:
         config = BatchConfig.model_validate(raw)
     except ValidationError as exc:
-        raise InputError(_format_errors(exc, str(path), BatchConfig)) from None
+        raise InputError(format_validation_error(exc, str(path), root=BatchConfig, what="batch config")) from None
     settings = copy.deepcopy(config.run)
     _resolve_paths(settings, base)
     if config.run_config is not None:
@@ -408,8 +376,8 @@ def plan_batch(config: BatchConfig, settings: dict, found: list[list[Path]], *,
             try:
                 run_config = RunConfig.model_validate(raw)
             except ValidationError as exc:
-                raise InputError(_format_errors(exc, f"{source} (run settings of movie {name!r})",
-                                                RunConfig)) from None
+                raise InputError(format_validation_error(exc, f"{source} (run settings of movie {name!r})",
+                                                         what="batch config")) from None
             jobs.append(MovieJob(name=name, path=path, metadata=metadata, config=run_config,
                                  store=out / f"{name}.zarr", log_file=out / "logs" / f"{name}.log"))
     columns: list[str] = []

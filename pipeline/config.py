@@ -198,28 +198,48 @@ def _resolve_paths(raw: dict, base: Path) -> None:
             segment["model"] = resolve(model)
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """Turn pydantic errors into lines naming the file, the field and the fix."""
-    lines = [f"{source}: invalid config"]
+def format_validation_error(exc: ValidationError, source: str, *, root: type[BaseModel] | None = None,
+                            what: str = "config") -> str:
+    """Turn pydantic errors into lines naming the file, the field and the fix.
+
+    Parameters
+    ----------
+    exc
+        The validation error.
+    source
+        The file (and what in it) that was validated, for the first line.
+    root
+        The model that was validated (default: RunConfig), to list the allowed fields.
+    what
+        What the file is ("config", "batch config").
+    """
+    lines = [f"{source}: invalid {what}"]
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"])
+        loc = err["loc"]
+        field = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {field}: unknown field; {_allowed_fields(err['loc'])}")
+            lines.append(f"  {field}: unknown field; {_allowed_fields(root or RunConfig, loc)}")
         elif err["type"] == "missing":
             lines.append(f"  {field}: required field is missing")
+        elif err["type"] == "value_error":  # a validator's own message says what is wrong
+            lines.append(f"  {field}: {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
 
 
-def _allowed_fields(loc: tuple) -> str:
-    model: type[BaseModel] = RunConfig
+def _allowed_fields(root: type[BaseModel], loc: tuple) -> str:
+    """The fields allowed where ``loc`` points (list items and optional sections followed)."""
+    model = root
     for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(str(part))
+        annotation = info.annotation if info else None
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
             return "check the spelling"
-        model = annotation
     return "allowed: " + ", ".join(model.model_fields)
 
 
