@@ -242,7 +242,7 @@ def classify_tracks(
     dt_min = frame_interval_s / 60.0
     model = _fit(particles.iloc[_training_rows(track_id)], params, dt_min)
     tracks = _Tracks(track_id, particles["frame"].to_numpy(np.int64))
-    log_emission = _log_emission(_observations(particles, tracks), model, params)
+    log_emission, _, _ = _log_emission(_observations(particles, tracks), model, params)
     states = np.empty(len(particles), np.int64)
     states[tracks.order] = _viterbi(tracks, log_emission, _log_transitions(model, tracks.gap, dt_min), model)
     return events_from_states(particles, states, frame_interval_s=frame_interval_s)
@@ -456,10 +456,14 @@ def _log_motion_components(step2_px2: np.ndarray, motion_px2: np.ndarray) -> tup
     return total, np.exp(own - total)
 
 
-def _log_emission(obs: _Observations, model: _Model, params: ClassifyParams) -> np.ndarray:
-    motion, _ = _log_motion_components(obs.step2_px2, model.motion_px2)
-    distance, _ = _log_distance_emission(obs.distance_um, obs.near, model.sigma_um, params.free_extent_um)
-    return distance + motion[:, _MOTION_CLASS]
+def _log_emission(obs: _Observations, model: _Model,
+                  params: ClassifyParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n, 4) log-likelihood of each detection under each state, and the posteriors that its step
+    (n, 3 motion classes) and its distance (n, 4 states) came from the own, not the outlier, part."""
+    motion, own_motion = _log_motion_components(obs.step2_px2, model.motion_px2)
+    distance, own_distance = _log_distance_emission(obs.distance_um, obs.near, model.sigma_um,
+                                                    params.free_extent_um)
+    return distance + motion[:, _MOTION_CLASS], own_motion, own_distance
 
 
 def _transition_matrices(model: _Model, gap: np.ndarray, dt_min: float) -> tuple[np.ndarray, np.ndarray]:
@@ -500,7 +504,7 @@ def _baum_welch_step(tracks: _Tracks, obs: _Observations, model: _Model, prior: 
 
     Returns the re-estimated model and the log-likelihood of the data under ``model``.
     """
-    log_e = _log_emission(obs, model, params)
+    log_e, own_motion, own_distance = _log_emission(obs, model, params)
     row_max = log_e.max(axis=1, keepdims=True)
     emission = np.exp(log_e - row_max)  # per-row scale cancels in the posteriors
     a, gap_index = _transition_matrices(model, tracks.gap, dt_min)
@@ -534,14 +538,12 @@ def _baum_welch_step(tracks: _Tracks, obs: _Observations, model: _Model, prior: 
     rates[allowed] = ((counts + 1.0) / (time_min[:, None] + prior_time))[allowed]
 
     # motion scales: responsibility-weighted mean of step² / 2, plus one pseudo-step at the prior
-    _, own = _log_motion_components(obs.step2_px2, model.motion_px2)
     has_step = np.isfinite(obs.step2_px2)
     class_weight = np.stack([gamma[:, _MOTION_CLASS == c].sum(axis=1) for c in range(3)], axis=1)
-    weight = (class_weight * own)[has_step]
+    weight = (class_weight * own_motion)[has_step]
     motion = ((weight * obs.step2_px2[has_step, None]).sum(axis=0) / 2 + prior.motion_px2) / (weight.sum(axis=0) + 1)
 
     # membrane spread: responsibility-weighted RMS distance, plus one pseudo-detection at the prior
-    _, own_distance = _log_distance_emission(obs.distance_um, obs.near, model.sigma_um, params.free_extent_um)
     bound = gamma[:, M] * own_distance[:, M] * np.isfinite(obs.distance_um)
     d2 = np.nan_to_num(obs.distance_um, nan=0.0, posinf=0.0, neginf=0.0) ** 2
     sigma = np.sqrt((np.sum(bound * d2) + prior.sigma_um**2) / (bound.sum() + 1))

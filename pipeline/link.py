@@ -261,9 +261,7 @@ def close_gaps(tracks: pd.DataFrame, *, pixel_size_um: float, frame_interval_s: 
     joined = _assign_pairs(pairs)
     parent = dict(zip(joined["end_track"], joined["start_track"]))
     # every chain a -> b -> c takes the id of its first track
-    root = {}
-    for track in tracks["track_id"].unique():
-        root.setdefault(track, track)
+    root = {track: track for track in tracks["track_id"].unique()}
     for a in sorted(parent, key=lambda t: ends.loc[t, "frame"]):
         root[parent[a]] = root[a]
     out = tracks.copy()
@@ -286,7 +284,7 @@ def _track_ends(tracks: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     t = t.assign(ss=half_step2, n=same.astype(float), vy=np.where(into, (y - y[prev]) / gap, 0.0),
                  vx=np.where(into, (x - x[prev]) / gap, 0.0))
     if "mass" in t:
-        t = t.assign(log_mass=np.log(np.clip(t["mass"].to_numpy(float), 1e-12, None)))
+        t = t.assign(log_mass=_log_mass(t))
     columns = ["frame", "y", "x"] + (["log_mass"] if "log_mass" in t else [])
     grouped = t.groupby("track_id", sort=True)
     motion = grouped[["ss", "n"]].sum()
@@ -343,10 +341,15 @@ def _gap_candidates(ends: pd.DataFrame, starts: pd.DataFrame, tracks: pd.DataFra
     return pd.DataFrame({"end_track": e.index[keep], "start_track": b.index[keep], "cost": cost[keep]})
 
 
+def _log_mass(table: pd.DataFrame) -> np.ndarray:
+    """Natural log of the ``mass`` column (floored at 1e-12 so that zero masses stay finite)."""
+    return np.log(np.clip(table["mass"].to_numpy(float), 1e-12, None))
+
+
 def _log_mass_spread(table: pd.DataFrame, particle: np.ndarray) -> float | None:
     """Robust spread (1.4826 × MAD) of the change in log mass between consecutive detections of
     the same particle label; None if fewer than MIN_LINKS_FOR_MASS links or no spread."""
-    log_mass = np.log(np.clip(table["mass"].to_numpy(float), 1e-12, None))
+    log_mass = _log_mass(table)
     order = np.lexsort((table["frame"].to_numpy(), particle))
     linked = particle[order][1:] == particle[order][:-1]
     change = np.diff(log_mass[order])[linked]
@@ -358,14 +361,12 @@ def _log_mass_spread(table: pd.DataFrame, particle: np.ndarray) -> float | None:
 
 
 def _assign_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
-    """The pairs a minimum-cost assignment keeps (costs relative to leaving both unpaired: < 0 gains)."""
+    """The pairs a minimum-cost assignment keeps; ``cost`` is relative to leaving both unpaired, so
+    only pairs with cost < 0 (from :func:`_gap_candidates`) can gain."""
     from scipy.optimize import linear_sum_assignment
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    pairs = pairs[pairs["cost"] < 0]
-    if pairs.empty:
-        return pairs
     end_codes, end_ids = pd.factorize(pairs["end_track"])
     start_codes, start_ids = pd.factorize(pairs["start_track"])
     n_end, n_start = len(end_ids), len(start_ids)
@@ -373,16 +374,17 @@ def _assign_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
                        shape=(n_end + n_start,) * 2)
     _, component = connected_components(graph, directed=False)
     keep = []
-    for group in np.unique(component[end_codes]):
-        rows = np.flatnonzero(component[end_codes] == group)
+    by_group = pd.Series(np.arange(len(pairs))).groupby(component[end_codes])
+    for rows in by_group.indices.values():
         e, e_index = np.unique(end_codes[rows], return_inverse=True)
         s, s_index = np.unique(start_codes[rows], return_inverse=True)
         cost = np.zeros((len(e), len(s)))  # 0: not paired (the reference)
         cost[e_index, s_index] = pairs["cost"].to_numpy()[rows]
+        row_of = np.full(cost.shape, -1)
+        row_of[e_index, s_index] = rows
         chosen_e, chosen_s = linear_sum_assignment(cost)
         real = cost[chosen_e, chosen_s] < 0
-        lookup = {(a, b): r for a, b, r in zip(e_index, s_index, rows)}
-        keep += [lookup[(a, b)] for a, b in zip(chosen_e[real], chosen_s[real])]
+        keep += list(row_of[chosen_e[real], chosen_s[real]])
     return pairs.iloc[sorted(keep)]
 
 
@@ -488,8 +490,7 @@ def _with_brightness(table: pd.DataFrame, particle: np.ndarray, step_px: float) 
     spread = _log_mass_spread(table, particle)
     if spread is None:
         return None
-    log_mass = np.log(np.clip(table["mass"].to_numpy(float), 1e-12, None))
-    return table[["frame", "y", "x"]].assign(m=log_mass * step_px / spread)
+    return table[["frame", "y", "x"]].assign(m=_log_mass(table) * step_px / spread)
 
 
 def _first_appearance_ids(labels: np.ndarray) -> np.ndarray:
