@@ -121,6 +121,7 @@ def plot_kinetics(results, path: str | Path, *, max_cells: int = 12) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ds = results.kinetics.load()
     cells = results.cells.sort_values("n_internalization", ascending=False).head(max_cells)
@@ -136,6 +137,8 @@ def plot_kinetics(results, path: str | Path, *, max_cells: int = 12) -> Path:
             bottom.step(t_min, cell[f"cum_{kind}"], style, where="post", color="k", label=kind)
         top.set_title(f"cell {int(cell_id)}")
         bottom.set_xlabel("time (min)")
+        for ax in (top, bottom):  # counts: whole-number ticks only
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0, 0].set_ylabel("particles")
     axes[1, 0].set_ylabel("cumulative events")
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
