@@ -172,3 +172,17 @@ def test_config_reference_is_up_to_date():
     for section, model in RunConfig.model_fields.items():
         assert f"## `{section}`" in committed
     assert "| `close_gaps_frames` | int | `4` |" in committed
+
+
+def test_kinetics_figure_has_a_column_per_cell(sample_run, tmp_path):
+    """The figure `uptrack run` saves: one column of panels per cell (max_cells at most)."""
+    import matplotlib.image
+
+    from pipeline.report import plot_kinetics
+
+    _, results = sample_run
+    small = plot_kinetics(results, tmp_path / "two.png", max_cells=2)
+    full = plot_kinetics(results, tmp_path / "all.png")
+    width = {p: matplotlib.image.imread(p).shape[1] for p in (small, full)}
+    n = len(results.cells)
+    assert width[full] == round(100 * (2.6 * n + 1)) and width[small] == round(100 * (2.6 * 2 + 1))
