@@ -1,10 +1,10 @@
 """Accuracy benchmark: simulate movies in several regimes, run uptrack on them, score them.
 
 For every regime and seed: simulate a movie with its ground truth
-(:mod:`pipeline.simulate`) into a work folder, run the whole pipeline on it with the
+(:mod:`pipeline.sim.simulate`) into a work folder, run the whole pipeline on it with the
 demo config ``configs/sample.yaml`` (the shipped Cellpose model, default stage
 parameters; only the input, the output and the typical cell diameter change), score
-the store against the truth (:func:`pipeline.evaluate.evaluate`) and write the
+the store against the truth (:func:`pipeline.eval.evaluate.evaluate`) and write the
 section "Accuracy" of ``benchmarks/RESULTS.md`` (other sections are left as they are).
 
 Usage (from the repository root)::
@@ -35,12 +35,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.compute import dask_client  # noqa: E402
-from pipeline.config import ComputeConfig, RunConfig, config_from_dict  # noqa: E402
-from pipeline.evaluate import evaluate  # noqa: E402
-from pipeline.results import load_results  # noqa: E402
-from pipeline.runner import run  # noqa: E402
-from pipeline.simulate import SimulationConfig, simulate, write_simulation  # noqa: E402
+from pipeline.eval.evaluate import evaluate  # noqa: E402
+from pipeline.io.results import load_results  # noqa: E402
+from pipeline.run.compute import dask_client  # noqa: E402
+from pipeline.run.config import ComputeConfig, RunConfig, config_from_dict  # noqa: E402
+from pipeline.run.runner import run  # noqa: E402
+from pipeline.sim.simulate import SimulationConfig, simulate, write_simulation  # noqa: E402
 from pipeline.vocabulary import STATES  # noqa: E402
 
 log = logging.getLogger("accuracy")
@@ -234,7 +234,7 @@ def report(runs: list[dict], failures: list[str], *, quick: bool) -> str:
     lines = [
         f"Written by `benchmarks/accuracy.py{' --quick' if quick else ''}` on {time.strftime('%Y-%m-%d')} "
         f"({machine_line()}). Config: `configs/sample.yaml` (shipped Cellpose model), cell diameter "
-        "from the simulation. Definitions: `pipeline/evaluate.py`, benchmarks/README.md.",
+        "from the simulation. Definitions: `pipeline/eval/evaluate.py`, benchmarks/README.md.",
         "",
         f"Targets: {targets}; pooled k_internalization and k_release within "
         f"{RATE_TOLERANCE:.0%} of the realised truth on movies with ≥ {MIN_EVENTS} true events of that "

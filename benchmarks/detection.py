@@ -1,10 +1,10 @@
 """Detection benchmark: uptrack's detector (and linker) against plain trackpy on simulated movies.
 
-For every regime and seed: simulate a short movie (:mod:`pipeline.simulate`), run
-:func:`pipeline.detect.detect_frame` on every frame, link
-(:func:`pipeline.link.link_tracks`) and fill track gaps
-(:func:`pipeline.link.fill_gaps`), and score the last ``EVAL_FRAMES`` frames against
-the ground truth with :mod:`pipeline.evaluate` (one-to-one matching within 2 px).
+For every regime and seed: simulate a short movie (:mod:`pipeline.sim.simulate`), run
+:func:`pipeline.stages.detect.detect_frame` on every frame, link
+(:func:`pipeline.stages.link.link_tracks`) and fill track gaps
+(:func:`pipeline.stages.link.fill_gaps`), and score the last ``EVAL_FRAMES`` frames against
+the ground truth with :mod:`pipeline.eval.evaluate` (one-to-one matching within 2 px).
 The baseline is plain ``trackpy.locate`` at its defaults (separation = diameter + 1)
 with the best ``diameter`` (3, 5 or 7 px) and ``minmass`` a user could pick: chosen
 per regime with the truth (an oracle), once for the best F1 and once for the best
@@ -35,10 +35,10 @@ from scipy.spatial import cKDTree
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.detect import DetectParams, detect_frame  # noqa: E402
-from pipeline.evaluate import detection_scores, match_detections, tracking_scores  # noqa: E402
-from pipeline.link import LinkParams, fill_gaps, link_tracks  # noqa: E402
-from pipeline.simulate import SimulationConfig, simulate  # noqa: E402
+from pipeline.eval.evaluate import detection_scores, match_detections, tracking_scores  # noqa: E402
+from pipeline.sim.simulate import SimulationConfig, simulate  # noqa: E402
+from pipeline.stages.detect import DetectParams, detect_frame  # noqa: E402
+from pipeline.stages.link import LinkParams, fill_gaps, link_tracks  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "DETECTION.md"
 N_FRAMES = 20
@@ -183,7 +183,7 @@ uptrack runs with default `DetectParams()` / `LinkParams()` (PSF width measured 
 Columns:
 
 - **precision, recall**: `detect_frame` alone; detections paired one-to-one with visible true particles
-  per frame (optimal assignment, pairs ≤ 2 px, `pipeline.evaluate.match_detections`).
+  per frame (optimal assignment, pairs ≤ 2 px, `pipeline.eval.evaluate.match_detections`).
 - **recall + gaps**: after `link_tracks` and `fill_gaps` (the particle looked for at its interpolated
   position in frames its track skipped, threshold `fill_gaps_min_snr` = 3); precision in brackets.
 - **RMSE, CRLB**: radial RMS distance of the pairs, px, and the radial RMS Cramér–Rao bound of the same
@@ -207,7 +207,7 @@ neighbourhood, so vesicles closer than ~diameter merge; one global `minmass` can
 population over a background that changes between medium and cells; float images are quantised to
 8 bits before the maxima search (`trackpy.find.grey_dilation`).
 
-What `detect_frame` does instead (details in `pipeline/detect.py`): a robust local background that keeps
+What `detect_frame` does instead (details in `pipeline/stages/detect.py`): a robust local background that keeps
 cell edges; a matched filter (the pixel-integrated PSF); a threshold in units of the local noise
 (median/MAD per tile, spots left out), so `min_snr` needs no tuning per movie; a least-squares
 Gaussian fit of every spot with its neighbours subtracted; deblending (a spot bright enough to hide two

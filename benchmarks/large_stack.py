@@ -1,7 +1,7 @@
 """Large-stack benchmark: peak memory of a run on multi-GB TIFFs stays flat as the movie grows.
 
 For each requested size, writes an OME-TIFF (BigTIFF) of that many GiB frame by frame
-(never whole in memory), runs it through ``uptrack batch``'s code (`pipeline.batch`,
+(never whole in memory), runs it through ``uptrack batch``'s code (`pipeline.run.batch`,
 a fresh ``LocalCluster`` whose workers have a memory limit below the file's size) and
 samples the resident memory (RSS) of the whole process tree — this process, which
 drives the run, plus every worker process — every 0.25 s. The file and the store are
@@ -41,10 +41,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy import machine_line, markdown_table, replace_section  # noqa: E402
-from pipeline.batch import load_plan, run_batch  # noqa: E402
-from pipeline.compute import dask_client  # noqa: E402
-from pipeline.results import load_results  # noqa: E402
-from pipeline.simulate import SimulationConfig, simulate  # noqa: E402
+
+from pipeline.io.results import load_results  # noqa: E402
+from pipeline.run.batch import load_plan, run_batch  # noqa: E402
+from pipeline.run.compute import dask_client  # noqa: E402
+from pipeline.sim.simulate import SimulationConfig, simulate  # noqa: E402
 
 log = logging.getLogger("large_stack")
 REPO = Path(__file__).resolve().parent.parent

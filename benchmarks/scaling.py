@@ -1,6 +1,6 @@
 """Scaling benchmark: ``uptrack batch`` throughput with 1 vs 2 Dask worker processes.
 
-Simulates a few movies, then runs the same batch (`pipeline.batch.run_batch`, the code
+Simulates a few movies, then runs the same batch (`pipeline.run.batch.run_batch`, the code
 behind ``uptrack batch``) on a fresh ``LocalCluster`` of 1 and then 2 worker processes
 (one thread each), and a single longer movie the same way (parallelism within a movie:
 segmentation and detection tasks over frames). Each cluster is warmed first (Cellpose
@@ -30,10 +30,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy import machine_line, markdown_table, replace_section  # noqa: E402
-from pipeline.batch import load_plan, run_batch  # noqa: E402
-from pipeline.compute import dask_client  # noqa: E402
-from pipeline.config import ComputeConfig  # noqa: E402
-from pipeline.simulate import SimulationConfig, simulate, write_simulation  # noqa: E402
+
+from pipeline.run.batch import load_plan, run_batch  # noqa: E402
+from pipeline.run.compute import dask_client  # noqa: E402
+from pipeline.run.config import ComputeConfig  # noqa: E402
+from pipeline.sim.simulate import SimulationConfig, simulate, write_simulation  # noqa: E402
 
 log = logging.getLogger("scaling")
 REPO = Path(__file__).resolve().parent.parent
@@ -46,9 +47,9 @@ def _warm(model: str, movie: str) -> float:
     start = time.perf_counter()
     import torch
 
-    from pipeline.detect import DetectParams, detect_frame
-    from pipeline.io import open_movie
-    from pipeline.segment import SegmentParams, segment_frame
+    from pipeline.io.movie import open_movie
+    from pipeline.stages.detect import DetectParams, detect_frame
+    from pipeline.stages.segment import SegmentParams, segment_frame
 
     torch.set_num_threads(1)
     m = open_movie(movie)
@@ -118,7 +119,7 @@ def _worker_cpu_s() -> float:
 
 
 def _frames(job) -> int:
-    from pipeline.results import load_results
+    from pipeline.io.results import load_results
 
     return int(load_results(job.store).attrs["n_frames"])
 
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "cluster start-up s",
                                 "load average"], rows)
         body = f"""
-`benchmarks/scaling.py`: the same `uptrack batch` work (`pipeline.batch.run_batch`) on a
+`benchmarks/scaling.py`: the same `uptrack batch` work (`pipeline.run.batch.run_batch`) on a
 fresh Dask `LocalCluster` of 1, then 2 worker processes (1 thread each). Simulated
 {args.size}×{args.size} px movies, 4 cells each, the demo settings (`configs/sample.yaml`:
 shipped Cellpose model, default detection). Timed from the first task to the summary

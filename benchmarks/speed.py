@@ -4,8 +4,8 @@ linking throughput of uptrack against plain single-process trackpy.
 Simulates a 512×512 movie, runs the whole pipeline on it with the demo config
 (``configs/sample.yaml``, as ``accuracy.py`` does), reads each stage's wall time from
 the store (``attrs["stage_seconds"]``, written by the runner), then times on the same
-frames, in this one process: uptrack's detection (:func:`pipeline.detect.detect_frame`
-frame by frame) + linking (:func:`pipeline.link.link_tracks`), and
+frames, in this one process: uptrack's detection (:func:`pipeline.stages.detect.detect_frame`
+frame by frame) + linking (:func:`pipeline.stages.link.link_tracks`), and
 ``trackpy.batch(processes=1)`` + ``trackpy.link``. Writes the section "Speed" of
 ``benchmarks/RESULTS.md``.
 
@@ -31,15 +31,15 @@ import trackpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy import (cell_diameter_um, machine_line, markdown_table, replace_section, run_config,  # noqa: E402
-                      simulate_movie)
-from pipeline.compute import default_n_workers  # noqa: E402
-from pipeline.detect import detect_frame  # noqa: E402
-from pipeline.io import open_movie  # noqa: E402
-from pipeline.link import LinkParams, link_tracks, search_range_px  # noqa: E402
-from pipeline.results import load_results  # noqa: E402
-from pipeline.runner import STAGES, run  # noqa: E402
-from pipeline.simulate import SimulationConfig  # noqa: E402
+from accuracy import cell_diameter_um, machine_line, markdown_table, replace_section, run_config, simulate_movie  # noqa: E402
+
+from pipeline.io.movie import open_movie  # noqa: E402
+from pipeline.io.results import load_results  # noqa: E402
+from pipeline.run.compute import default_n_workers  # noqa: E402
+from pipeline.run.runner import STAGES, run  # noqa: E402
+from pipeline.sim.simulate import SimulationConfig  # noqa: E402
+from pipeline.stages.detect import detect_frame  # noqa: E402
+from pipeline.stages.link import LinkParams, link_tracks, search_range_px  # noqa: E402
 
 log = logging.getLogger("speed")
 

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     """Import ``load_results`` on first use, so ``import pipeline`` stays light."""
     if name == "load_results":
-        from pipeline.results import load_results
+        from pipeline.io.results import load_results
 
         return load_results
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

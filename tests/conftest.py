@@ -14,17 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import store
-from pipeline.classify import events_from_states, summarize_tracks
-from pipeline.io import file_checksum
-from pipeline.kinetics import KineticsParams, cell_kinetics, cell_rates
-from pipeline.simulate import SimulationConfig, simulate, write_simulation
-from pipeline.truth import Truth, load_truth
+from pipeline.io import store
+from pipeline.io.movie import file_checksum
+from pipeline.sim.simulate import SimulationConfig, simulate, write_simulation
+from pipeline.sim.truth import Truth, load_truth
+from pipeline.stages.classify import events_from_states, summarize_tracks
+from pipeline.stages.kinetics import KineticsParams, cell_kinetics, cell_rates
+from pipeline.stages.zones import cell_geometry
 from pipeline.vocabulary import STATES
-from pipeline.zones import cell_geometry
 
 SAMPLE_MOVIE = Path(__file__).resolve().parent.parent / "sample_data" / "demo.ome.tif"
-#: Stage names of ``pipeline.runner.STAGES``, all marked done in a built store.
+#: Stage names of ``pipeline.run.runner.STAGES``, all marked done in a built store.
 _STAGES = ("segment", "track_cells", "detect", "link", "zones", "classify", "kinetics", "export")
 _ZONE_OF_STATE = {"membrane_bound": "membrane", "vesicular": "inside"}
 
@@ -38,7 +38,7 @@ def build_store(path: Path, movie_path: Path, truth: Truth) -> Path:
         The ``<name>.zarr`` store to write.
     movie_path : Path
         The simulated movie (recorded as the store's input).
-    truth : pipeline.truth.Truth
+    truth : pipeline.sim.truth.Truth
         Its ground truth: labels become ``labels/cells``; visible particles become
         ``tables/particles`` (``particle_id`` as ``track_id``, ``photons`` as ``mass``);
         events, tracks, cells, movie and kinetics are computed from the true states.

@@ -21,14 +21,15 @@ import pytest
 import tifffile
 import yaml
 
-from pipeline import load_results, store
-from pipeline.batch import find_movies, load_batch_config, load_plan, plan_batch, run_batch
-from pipeline.cli import main as cli_main
-from pipeline.compute import dask_client, job_script
-from pipeline.config import ComputeConfig
+from pipeline import load_results
+from pipeline.cli.app import main as cli_main
 from pipeline.errors import InputError
-from pipeline.runner import STAGES, run
-from pipeline.simulate import SimulationConfig, simulate, write_simulation
+from pipeline.io import store
+from pipeline.run.batch import find_movies, load_batch_config, load_plan, plan_batch, run_batch
+from pipeline.run.compute import dask_client, job_script
+from pipeline.run.config import ComputeConfig
+from pipeline.run.runner import STAGES, run
+from pipeline.sim.simulate import SimulationConfig, simulate, write_simulation
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "sample_data" / "models" / "uptrack_cells_cp3"
@@ -311,10 +312,10 @@ def test_stage_killed_after_replacing_its_input_resumes_from_that_input(batch_ru
     config = job.config.model_copy(update={"output": job.config.output.model_copy(update={"dir": tmp_path})})
     mark = store.mark_stage_done
 
-    def kill_at(path, name):
+    def kill_at(path, name, seconds=None):
         if name == stage:
             raise Killed
-        mark(path, name)
+        mark(path, name, seconds)
 
     monkeypatch.setattr(store, "mark_stage_done", kill_at)
     with pytest.raises(Killed):
@@ -335,7 +336,7 @@ def test_batch_killed_with_sigkill_resumes_to_identical_results(batch_run, movie
     plan, report = batch_run
     out = tmp_path / "out"
     config = batch_yaml(tmp_path / "batch.yaml", movies, out, movies_at_once=1)
-    command = [sys.executable, "-m", "pipeline.cli", "batch", str(config), "--no-progress"]
+    command = [sys.executable, "-m", "pipeline.cli.app", "batch", str(config), "--no-progress"]
     first, second = out / f"{NAMES[0]}.zarr", out / f"{NAMES[1]}.zarr"
 
     def attrs(path):

@@ -3,7 +3,7 @@
 import numpy as np
 from skimage.draw import disk
 
-from pipeline.celltrack import CellTrackParams, overlap_iou, track_cells
+from pipeline.stages.track_cells import CellTrackParams, overlap_iou, track_cells
 
 
 def _frame(shape, cells):

@@ -4,8 +4,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.classify import (EVENTS_OF_JUMP, TIME_SHARE, ClassifyParams, classify_by_zone, classify_tracks,
-                               events_from_states, summarize_tracks)
+from pipeline.stages.classify import (
+    EVENTS_OF_JUMP,
+    TIME_SHARE,
+    ClassifyParams,
+    classify_by_zone,
+    classify_tracks,
+    events_from_states,
+    summarize_tracks,
+)
 from pipeline.vocabulary import STATES
 
 DT_S = 3.0

@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import curation
-from pipeline.cli import main as cli
+from pipeline.cli.app import main as cli
 from pipeline.errors import InputError
-from pipeline.results import load_results
+from pipeline.io import curation
+from pipeline.io.results import load_results
 
 
 def _corrections(*rows) -> pd.DataFrame:

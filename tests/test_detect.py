@@ -1,8 +1,8 @@
-"""Tests of particle detection (pipeline.detect) against exact ground truth.
+"""Tests of particle detection (pipeline.stages.detect) against exact ground truth.
 
 Unit tests render their own frames (pixel-integrated Gaussian spots, Poisson
 shot noise, read noise, gain and offset); the regime tests use the movie
-simulator. Detections are matched to the truth with pipeline.evaluate
+simulator. Detections are matched to the truth with pipeline.eval.evaluate
 (Hungarian matching within 2 px).
 """
 
@@ -16,11 +16,18 @@ import pytest
 import trackpy
 from scipy import ndimage
 
-from pipeline.detect import (COLUMNS, DetectParams, detect_frame, detect_frames, detect_near, localization_crlb_px,
-                             measure_psf_sigma_um)
-from pipeline.evaluate import detection_scores, match_detections
-from pipeline.simoptics import pixel_fraction
-from pipeline.simulate import SimulationConfig, simulate
+from pipeline.eval.evaluate import detection_scores, match_detections
+from pipeline.optics import pixel_fraction
+from pipeline.sim.simulate import SimulationConfig, simulate
+from pipeline.stages.detect import (
+    COLUMNS,
+    DetectParams,
+    detect_frame,
+    detect_frames,
+    detect_near,
+    localization_crlb_px,
+    measure_psf_sigma_um,
+)
 
 PX_UM = 0.1
 BACKGROUND = 20.0  # photons / px

@@ -1,4 +1,4 @@
-"""Scores against ground truth (pipeline.evaluate) and ``uptrack evaluate``, on hand-built inputs."""
+"""Scores against ground truth (pipeline.eval.evaluate) and ``uptrack evaluate``, on hand-built inputs."""
 
 import json
 from types import SimpleNamespace
@@ -7,12 +7,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import store
-from pipeline.cli import main as cli
-from pipeline.detect import localization_crlb_px
-from pipeline.evaluate import (cell_id_consistency, confusion_matrix, detection_scores, match_detections,
-                               rate_scores, segmentation_scores, state_scores, tracking_scores)
-from pipeline.truth import Truth, truth_dir_for, write_truth
+from pipeline.cli.app import main as cli
+from pipeline.eval.evaluate import (
+    cell_id_consistency,
+    confusion_matrix,
+    detection_scores,
+    match_detections,
+    rate_scores,
+    segmentation_scores,
+    state_scores,
+    tracking_scores,
+)
+from pipeline.io import store
+from pipeline.sim.truth import Truth, truth_dir_for, write_truth
+from pipeline.stages.detect import localization_crlb_px
 from pipeline.vocabulary import STATES
 
 META = {"seed": 3, "psf_sigma_px": 1.0, "particle_photons_median": 300.0,

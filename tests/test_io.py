@@ -1,4 +1,4 @@
-"""Movie readers: formats, calibration, overrides, errors, laziness (pipeline.io)."""
+"""Movie readers: formats, calibration, overrides, errors, laziness (pipeline.io.movie)."""
 
 import hashlib
 import logging
@@ -13,7 +13,7 @@ import zarr
 from ome_zarr.writer import write_image
 
 from pipeline.errors import InputError
-from pipeline.io import _ome_xml_metadata, file_checksum, open_movie
+from pipeline.io.movie import _ome_xml_metadata, file_checksum, open_movie
 
 T, C, Y, X = 5, 2, 24, 32
 
@@ -110,7 +110,7 @@ def test_imagej_z_stack_spacing_and_minutes(tmp_path):
 def test_plain_3d_tiff_defaults_to_tyx_with_a_warning(tmp_path, tcyx, caplog):
     path = tmp_path / "plain.tif"
     tifffile.imwrite(path, tcyx[:, 0])
-    with caplog.at_level(logging.WARNING, logger="pipeline.io"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.io.movie"):
         movie = open_movie(path, pixel_size_um=0.1, frame_interval_s=3)
     assert "TYX" in caplog.text and "plain.tif" in caplog.text
     assert movie.data.shape == (T, 1, 1, Y, X)

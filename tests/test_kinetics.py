@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 from scipy.stats import chi2
 
-from pipeline.classify import ClassifyParams, classify_tracks, events_from_states
-from pipeline.kinetics import KineticsParams, cell_kinetics, cell_rates, poisson_rate_ci
+from pipeline.stages.classify import ClassifyParams, classify_tracks, events_from_states
+from pipeline.stages.kinetics import KineticsParams, cell_kinetics, cell_rates, poisson_rate_ci
+from pipeline.stages.zones import ZoneParams, assign_zones
 from pipeline.vocabulary import EVENTS, STATES
-from pipeline.zones import ZoneParams, assign_zones
 
 DT_S = 3.0
 PARAMS = KineticsParams()
@@ -120,7 +120,7 @@ def test_rates_on_the_hand_built_example():
 
 @pytest.mark.parametrize("d_free_um2_s", [0.02, 0.2])
 def test_zones_classify_kinetics_on_simulated_truth(d_free_um2_s):
-    simulate = pytest.importorskip("pipeline.simulate")
+    simulate = pytest.importorskip("pipeline.sim.simulate")
     sim = simulate.simulate(simulate.SimulationConfig(seed=0, shape=(256, 256), n_cells=4, n_frames=120,
                                                       D_free_um2_s=d_free_um2_s))
     truth, meta = sim.truth, sim.truth.meta

@@ -1,4 +1,4 @@
-"""Tests of particle linking (pipeline.link) against the simulator's ground truth."""
+"""Tests of particle linking (pipeline.stages.link) against the simulator's ground truth."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.detect import DetectParams, detect_frame
 from pipeline.errors import UptrackError
-from pipeline.evaluate import detection_scores, match_detections, tracking_scores
-from pipeline.link import SEARCH_SIGMAS, LinkParams, close_gaps, fill_gaps, link_tracks, search_range_px
-from pipeline.simulate import SimulationConfig, simulate
+from pipeline.eval.evaluate import detection_scores, match_detections, tracking_scores
+from pipeline.sim.simulate import SimulationConfig, simulate
+from pipeline.stages.detect import DetectParams, detect_frame
+from pipeline.stages.link import SEARCH_SIGMAS, LinkParams, close_gaps, fill_gaps, link_tracks, search_range_px
 
 #: Localisation error of the synthetic detections, px, and spread of their log mass.
 EP_PX = 0.15

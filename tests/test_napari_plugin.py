@@ -14,23 +14,21 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from conftest import SAMPLE_MOVIE, build_store
 from matplotlib.colors import to_rgb
 from napari.utils._proxies import ReadOnlyWrapper
 from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 from qtpy.QtCore import Qt, QTimer
 
-from pipeline import store
-from pipeline.cli import main as cli
-from pipeline.curation import curation_versions
-from pipeline.results import load_results
-from pipeline.simulate import SimulationConfig, simulate, write_simulation
-from pipeline.truth import load_truth
-from pipeline.vocabulary import STATE_COLORS, STATES
-
 from napari_uptrack._layers import STATE_COLORMAP
 from napari_uptrack._reader import get_reader
-
-from conftest import SAMPLE_MOVIE, build_store
+from pipeline.cli.app import main as cli
+from pipeline.io import store
+from pipeline.io.curation import curation_versions
+from pipeline.io.results import load_results
+from pipeline.sim.simulate import SimulationConfig, simulate, write_simulation
+from pipeline.sim.truth import load_truth
+from pipeline.vocabulary import STATE_COLORS, STATES
 
 pytestmark = pytest.mark.napari
 SAMPLE_MODEL = SAMPLE_MOVIE.parent / "models" / "uptrack_cells_cp3"
@@ -319,7 +317,7 @@ def test_a_failed_save_says_why_and_leaves_the_panel_usable(qtbot, tmp_path):
 
 
 def test_tuning_previews_detections_live_and_saves_a_valid_config(make_napari_viewer, truth_store, tmp_path, qtbot):
-    from pipeline.config import load_config
+    from pipeline.run.config import load_config
 
     viewer = make_napari_viewer()
     _open(viewer, truth_store)

@@ -6,14 +6,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import load_results, store
-from pipeline.cli import main as cli_main
-from pipeline.config import config_from_dict, load_config
+from pipeline import load_results
+from pipeline.cli.app import main as cli_main
 from pipeline.errors import InputError
-from pipeline.evaluate import evaluate
-from pipeline.runner import STAGES, Run, run
-from pipeline.simulate import SimulationConfig, simulate, write_simulation
-from pipeline.truth import load_truth
+from pipeline.eval.evaluate import evaluate
+from pipeline.io import store
+from pipeline.run.config import config_from_dict, load_config
+from pipeline.run.runner import STAGES, Run, run
+from pipeline.sim.simulate import SimulationConfig, simulate, write_simulation
+from pipeline.sim.truth import load_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CONFIG = ROOT / "configs" / "sample.yaml"
@@ -42,7 +43,7 @@ def test_sample_run_matches_ground_truth(sample_run):
 
 def test_summary_puts_each_cells_truth_beside_its_estimate(sample_run):
     """The printed summary pairs every found cell with the simulated cell under it."""
-    from pipeline.report import summary_text
+    from pipeline.eval.report import summary_text
 
     config, results = sample_run
     truth = load_truth(config.input.path)
@@ -90,7 +91,7 @@ def test_rerun_with_overwrite_keeps_a_curated_store(sample_run, tmp_path):
 
     import pandas as pd
 
-    from pipeline.curation import curation_versions, save_corrections
+    from pipeline.io.curation import curation_versions, save_corrections
 
     config, results = sample_run
     copy = tmp_path / results.path.name
@@ -162,14 +163,14 @@ def test_cli_exit_codes(tmp_path, capsys):
 
 def test_config_reference_is_up_to_date():
     """configs/REFERENCE.md is what config_reference() writes: every field, none stale."""
-    from pipeline.config import RunConfig, config_reference
+    from pipeline.run.config import RunConfig, config_reference
 
     committed = (ROOT / "configs" / "REFERENCE.md").read_text()
     assert committed == config_reference(), (
         "configs/REFERENCE.md is stale: regenerate it with\n"
-        "  .venv/bin/python -c 'from pipeline.config import config_reference; "
+        "  .venv/bin/python -c 'from pipeline.run.config import config_reference; "
         "print(config_reference(), end=\"\")' > configs/REFERENCE.md")
-    for section, model in RunConfig.model_fields.items():
+    for section in RunConfig.model_fields:
         assert f"## `{section}`" in committed
     assert "| `close_gaps_frames` | int | `4` |" in committed
 
@@ -178,7 +179,7 @@ def test_kinetics_figure_has_a_column_per_cell(sample_run, tmp_path):
     """The figure `uptrack run` saves: one column of panels per cell (max_cells at most)."""
     import matplotlib.image
 
-    from pipeline.report import plot_kinetics
+    from pipeline.eval.report import plot_kinetics
 
     _, results = sample_run
     small = plot_kinetics(results, tmp_path / "two.png", max_cells=2)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.segment import SegmentParams, resolve_model, segment_frame
-from pipeline.simulate import simulate_cell_images
-from pipeline.train import average_precision
+from pipeline.eval.train import average_precision
+from pipeline.sim.simulate import simulate_cell_images
+from pipeline.stages.segment import SegmentParams, resolve_model, segment_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "sample_data" / "models" / "uptrack_cells_cp3"
@@ -67,7 +67,7 @@ def test_unknown_model_names_the_field_and_fix():
                                                       (0.2, (3.0, 4.5))])
 def test_cell_diameter_is_measured_on_the_image(pixel_size_um, radius_um):
     """Other pixel sizes and cell sizes than the model was trained on."""
-    from pipeline.segment import estimate_diameter_um
+    from pipeline.stages.segment import estimate_diameter_um
 
     images, masks = simulate_cell_images(1, (256, 256), seed=3, pixel_size_um=pixel_size_um,
                                          cell_radius_um=radius_um)
@@ -89,7 +89,7 @@ def test_cellpose_from_two_threads_of_one_process():
     script = f"""
 import threading
 import tifffile
-from pipeline.segment import SegmentParams, estimate_diameter_um
+from pipeline.stages.segment import SegmentParams, estimate_diameter_um
 image = tifffile.imread({str(ROOT / "sample_data" / "demo.ome.tif")!r})[0, 0]
 params = SegmentParams(model={str(SHIPPED)!r})
 found, errors = [], []

@@ -1,4 +1,4 @@
-"""Tests of the ground-truth movie simulator (pipeline.simulate and its helpers)."""
+"""Tests of the ground-truth movie simulator (pipeline.sim.simulate and its helpers)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from pipeline import sim_preview
-from pipeline.cli import main as cli_main
-from pipeline.simcells import place_cells
-from pipeline.simulate import SimulationConfig, load_truth, simulate, simulate_cell_images, write_simulation
+from pipeline.cli.app import main as cli_main
+from pipeline.sim import preview as sim_preview
+from pipeline.sim.cells import place_cells
+from pipeline.sim.simulate import SimulationConfig, load_truth, simulate, simulate_cell_images, write_simulation
 from pipeline.vocabulary import EVENT_OF_TRANSITION, STATES
 
 SMALL = dict(shape=(128, 160), n_frames=30, n_cells=3, cell_radius_um=(4.0, 6.0), seed=3)

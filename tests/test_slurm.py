@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_batch import MODEL, assert_same_results, tiny_movie
 
 from pipeline import load_results
-from pipeline.cli import main as cli_main
-from pipeline.runner import run
-
-from test_batch import MODEL, assert_same_results, tiny_movie
+from pipeline.cli.app import main as cli_main
+from pipeline.run.runner import run
 
 pytestmark = pytest.mark.slurm
 
@@ -91,7 +90,7 @@ def test_batch_runs_on_slurm_workers(slurm, tmp_path, capsys):
         alone_config = stored.attrs["config"]
         alone_config["output"]["dir"] = str(tmp_path / "alone")
         alone_config["compute"] = {"backend": "sync"}
-        from pipeline.config import RunConfig
+        from pipeline.run.config import RunConfig
 
         alone = run(RunConfig.model_validate(alone_config))
         assert_same_results(stored.path, alone)

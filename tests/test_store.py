@@ -1,4 +1,4 @@
-"""The per-movie Zarr v3 store: writing (pipeline.store) and reading back (pipeline.results)."""
+"""The per-movie Zarr v3 store: writing (pipeline.io.store) and reading back (pipeline.io.results)."""
 
 import json
 
@@ -14,9 +14,9 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Label, Multiscales, Reader
 
 import pipeline
-from pipeline import store
 from pipeline.errors import InputError
-from pipeline.results import TABLE_COLUMNS, load_results, read_table
+from pipeline.io import store
+from pipeline.io.results import TABLE_COLUMNS, load_results, read_table
 
 ATTRS = {
     "config": {"input": {"path": "movie.ome.tif"}, "detect": {"diameter": 5}},

@@ -9,7 +9,7 @@ from scipy import ndimage
 from skimage.draw import disk, ellipse
 
 from pipeline.errors import UptrackError
-from pipeline.zones import ZoneParams, assign_zones, cell_geometry, zones_for_frame
+from pipeline.stages.zones import ZoneParams, assign_zones, cell_geometry, zones_for_frame
 
 PX = 0.2  # µm per pixel
 PARAMS = ZoneParams()

@@ -2,7 +2,7 @@
 
 The panel (part of the cell inspector) edits the full set of corrections of a
 store; *Save* writes it as a new version of the store's curation record and
-recomputes the curated tables and kinetics (`pipeline.curation`), exactly as
+recomputes the curated tables and kinetics (`pipeline.io.curation`), exactly as
 ``uptrack kinetics STORE`` does. The pipeline's own output is never changed.
 """
 
@@ -16,11 +16,16 @@ import pandas as pd
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QGridLayout, QGroupBox, QLabel, QLineEdit, QPushButton, QSpinBox, QTableWidget
 
-from pipeline.curation import apply_curation, curation_versions, empty_corrections, read_corrections, save_corrections
-from pipeline.errors import InputError
-from pipeline.vocabulary import STATES
-
 from napari_uptrack._helpers import fill_table
+from pipeline.errors import InputError
+from pipeline.io.curation import (
+    apply_curation,
+    curation_versions,
+    empty_corrections,
+    read_corrections,
+    save_corrections,
+)
+from pipeline.vocabulary import STATES
 
 FALSE_TRACK = "false track"
 

@@ -18,15 +18,25 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QSpinBox,
-                            QTableWidget, QTabWidget, QVBoxLayout, QWidget)
-
-from pipeline.results import Results, load_results
-from pipeline.vocabulary import EVENTS, STATE_COLORS, STATES
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QSpinBox,
+    QTableWidget,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_uptrack._curation_widget import CorrectionPanel
-from napari_uptrack._layers import open_stores, store_layers, update_points, update_tracks
 from napari_uptrack._helpers import fill_table, theme_rc
+from napari_uptrack._layers import open_stores, store_layers, update_points, update_tracks
+from pipeline.io.results import Results, load_results
+from pipeline.vocabulary import EVENTS, STATE_COLORS, STATES
 
 ANY_EVENT = "any event"
 #: A click selects the nearest particle of the current frame within this distance, px.

@@ -18,8 +18,8 @@ from napari.utils import Colormap
 from napari.utils.colormaps import CyclicLabelColormap
 
 from pipeline.errors import InputError
-from pipeline.io import open_movie
-from pipeline.results import Results
+from pipeline.io.movie import open_movie
+from pipeline.io.results import Results
 from pipeline.vocabulary import STATE_COLORS, STATES
 
 KEY = "uptrack"

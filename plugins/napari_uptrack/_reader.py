@@ -4,18 +4,17 @@ Layers, all (t, y, x) with the store's scale (s, µm, µm): the raw movie channe
 (read lazily from the input path recorded in the store), the cell labels (lazy),
 the particles as points and the tracks, both coloured by state
 (:data:`pipeline.vocabulary.STATE_COLORS`). States are the curated ones when the
-store holds corrections (`pipeline.curation`).
+store holds corrections (`pipeline.io.curation`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.errors import InputError
-from pipeline.results import load_results
-from pipeline.store import read_attrs
-
 from napari_uptrack._layers import labels_layer, movie_layers, points_layer, tracks_layer
+from pipeline.errors import InputError
+from pipeline.io.results import load_results
+from pipeline.io.store import read_attrs
 
 
 def get_reader(path):

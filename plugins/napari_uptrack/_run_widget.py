@@ -1,6 +1,6 @@
 """Run widget: run the pipeline on the open movie in a worker thread, then open the results.
 
-The run is ``pipeline.runner.run`` with a YAML config (``input.path`` replaced by the
+The run is ``pipeline.run.runner.run`` with a YAML config (``input.path`` replaced by the
 chosen movie layer's file, if one is chosen). The viewer stays responsive; the
 progress bar counts the stages recorded as done in the store, and the finished
 store is opened with the uptrack reader.
@@ -13,15 +13,24 @@ from pathlib import Path
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
-                            QPushButton, QVBoxLayout, QWidget)
-
-from pipeline.config import load_config
-from pipeline.errors import InputError
-from pipeline.runner import STAGES, run, store_path
-from pipeline.store import read_attrs
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_uptrack._layers import movie_path
+from pipeline.errors import InputError
+from pipeline.io.store import read_attrs
+from pipeline.run.config import load_config
+from pipeline.run.runner import STAGES, run, store_path
 
 CONFIG_INPUT = "(the config's input.path)"
 #: How often the progress bar reads the store, ms.

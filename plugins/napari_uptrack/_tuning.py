@@ -23,17 +23,26 @@ from matplotlib.figure import Figure
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                            QPushButton, QVBoxLayout, QWidget)
-
-from pipeline.config import config_from_dict, dump_config
-from pipeline.detect import DetectParams, detect_frame
-from pipeline.errors import InputError
-from pipeline.results import load_results
-from pipeline.vocabulary import STATE_COLORS
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_uptrack._helpers import theme_rc
 from napari_uptrack._layers import KEY, movie_path
+from pipeline.errors import InputError
+from pipeline.io.results import load_results
+from pipeline.run.config import config_from_dict, dump_config
+from pipeline.stages.detect import DetectParams, detect_frame
+from pipeline.vocabulary import STATE_COLORS
 
 #: Threshold (min_snr) of the permissive detection whose candidates fill the histogram.
 HISTOGRAM_MIN_SNR = 2.0
@@ -48,7 +57,7 @@ def detect_preview(data, frame: int, pixel_size_um: float, params: DetectParams)
     Returns
     -------
     detections, candidates : DataFrame
-        Tables of :func:`pipeline.detect.detect_frame`.
+        Tables of :func:`pipeline.stages.detect.detect_frame`.
     """
     image = np.asarray(data[frame])
     detections = detect_frame(image, frame, pixel_size_um=pixel_size_um, params=params)
@@ -247,7 +256,7 @@ class DetectionTuning(QWidget):
 
         The config is the chosen layer's store config (or a minimal one), with the
         movie and particle channel of the layer and the widget's ``detect`` values;
-        it is validated with `pipeline.config` before it is written.
+        it is validated with `pipeline.run.config` before it is written.
 
         Returns
         -------

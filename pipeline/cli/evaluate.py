@@ -1,6 +1,6 @@
 """``uptrack evaluate STORE.zarr``: score a run on a simulated movie against its ground truth.
 
-Prints the report (:func:`pipeline.evaluate.format_report`) and writes the scores
+Prints the report (:func:`pipeline.eval.evaluate.format_report`) and writes the scores
 to ``STORE.evaluation.json`` beside the store (``movie.zarr`` ->
 ``movie.evaluation.json``). The truth defaults to the ``NAME.truth`` folder next to
 the movie the store was made from.
@@ -24,9 +24,9 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     from pipeline.errors import InputError
-    from pipeline.evaluate import evaluate, format_report
-    from pipeline.results import load_results
-    from pipeline.truth import load_truth, truth_dir_for
+    from pipeline.eval.evaluate import evaluate, format_report
+    from pipeline.io.results import load_results
+    from pipeline.sim.truth import load_truth, truth_dir_for
 
     results = load_results(args.store)
     truth_path = args.truth or truth_dir_for(results.attrs["input_path"])

@@ -18,11 +18,11 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from pipeline.config import load_config
-    from pipeline.report import plot_kinetics, summary_text
-    from pipeline.results import load_results
-    from pipeline.runner import run
-    from pipeline.truth import find_truth
+    from pipeline.eval.report import plot_kinetics, summary_text
+    from pipeline.io.results import load_results
+    from pipeline.run.config import load_config
+    from pipeline.run.runner import run
+    from pipeline.sim.truth import find_truth
 
     config = load_config(args.config, args.overrides)
     path = run(config)

@@ -3,7 +3,7 @@
 States and events are those of :mod:`pipeline.vocabulary`. Free particles
 (``extracellular``, ``released``) move in absolute pixel coordinates; bound and
 vesicular particles live in cell-relative coordinates (cell, direction ``u``,
-relative radius ``rho``, see :mod:`pipeline.simcells`) so that they follow
+relative radius ``rho``, see :mod:`pipeline.sim.cells`) so that they follow
 their cell as it drifts and deforms.
 
 Rules, one frame interval ``dt`` at a time (from frame f to f+1):
@@ -42,11 +42,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from pipeline.simcells import CellLayout
+from pipeline.sim.cells import CellLayout
 from pipeline.vocabulary import EVENT_OF_TRANSITION, EVENTS, STATES
 
 if TYPE_CHECKING:
-    from pipeline.simulate import SimulationConfig
+    from pipeline.sim.simulate import SimulationConfig
 
 EXTRACELLULAR, MEMBRANE_BOUND, VESICULAR, RELEASED = (STATES.index(s) for s in
                                                       ("extracellular", "membrane_bound", "vesicular", "released"))

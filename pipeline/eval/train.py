@@ -4,7 +4,7 @@ Pretrained Cellpose weights (cyto3, cpsam) cannot be downloaded everywhere (HPC
 compute nodes, closed networks). uptrack therefore ships a small model trained on
 simulated cell images (both cytoplasmic and membrane stains, varied size, texture and
 SNR) with :func:`cellpose.train.train_seg`, saved in half precision. It loads through
-the same code path as any custom Cellpose model (:func:`pipeline.segment.load_model`).
+the same code path as any custom Cellpose model (:func:`pipeline.stages.segment.load_model`).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def average_precision(
     Parameters
     ----------
     model
-        Weights path or built-in name, loaded with :func:`pipeline.segment.load_model`.
+        Weights path or built-in name, loaded with :func:`pipeline.stages.segment.load_model`.
     images, masks
         Held-out images (n, Y, X) and their true labels.
     pixel_size_um
@@ -129,7 +129,7 @@ def average_precision(
     """
     from cellpose import metrics
 
-    from pipeline.segment import SegmentParams, segment_frame
+    from pipeline.stages.segment import SegmentParams, segment_frame
 
     params = SegmentParams(model=str(model), gpu="auto")
     predicted = [segment_frame(im, pixel_size_um=pixel_size_um, params=params) for im in images]

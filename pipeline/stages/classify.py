@@ -19,7 +19,7 @@ Dynamics
 Emissions
     Two features, independent given the state.
     Distance: the continuous signed distance to the membrane ``d`` (µm,
-    negative inside; :mod:`pipeline.zones`), not just the zone. With
+    negative inside; :mod:`pipeline.stages.zones`), not just the zone. With
     ``σ = membrane_sigma_um``: M ~ Normal(0, σ); V ∝ Φ(-d/σ) / L (flat inside,
     soft edge); E and R ∝ Φ(d/σ) / L (flat outside: ``released`` is history,
     not geometry), with ``L = free_extent_um``; each mixed with a 0.01 %
@@ -221,7 +221,7 @@ def classify_tracks(
     ----------
     particles : DataFrame
         One row per detection with ``track_id``, ``frame``, ``y``, ``x`` (px),
-        ``cell_id`` and ``distance_um`` (µm, from :func:`pipeline.zones.assign_zones`).
+        ``cell_id`` and ``distance_um`` (µm, from :func:`pipeline.stages.zones.assign_zones`).
     frame_interval_s : float
         Time between frames, s.
     params : ClassifyParams

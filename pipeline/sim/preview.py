@@ -7,7 +7,7 @@ panel carries its time in seconds and a scale bar in µm.
 
 As a script, for a movie already written by ``uptrack simulate``::
 
-    python -m pipeline.sim_preview OUT/sim.ome.tif montage.png [--panels 6]
+    python -m pipeline.sim.preview OUT/sim.ome.tif montage.png [--panels 6]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from pipeline.truth import Truth, load_truth
+from pipeline.sim.truth import Truth, load_truth
 from pipeline.vocabulary import STATE_COLORS, STATES
 
 #: Colour of the true cell outlines.
@@ -106,7 +106,7 @@ def write_montage(movie: np.ndarray, truth: Truth, path: str | Path, *, n_panels
 
 def main(argv: list[str] | None = None) -> int:
     """Write the montage of a simulated movie on disk (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.sim_preview", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.sim.preview", description=__doc__.splitlines()[0])
     parser.add_argument("movie", type=Path, help="NAME.ome.tif written by uptrack simulate")
     parser.add_argument("png", type=Path, help="PNG file to write")
     parser.add_argument("--panels", type=int, default=6, help="number of frames shown (default 6)")

@@ -18,7 +18,7 @@ Time at risk comes from the intervals between consecutive detections of a
 track. An interval in one state counts fully for that state (gaps included: the
 track was in that state on both sides). An interval across a state change is
 split equally among the states of the change
-(:data:`pipeline.classify.TIME_SHARE`): the change happened somewhere in it,
+(:data:`pipeline.stages.classify.TIME_SHARE`): the change happened somewhere in it,
 half-way on average. The last detection of a track adds nothing: the track is
 right-censored there, and crediting time after it would add time in which an
 event could have happened unseen (biasing ``k`` low). The first detection
@@ -33,7 +33,7 @@ Derived quantities
     its exact interval, inverted, is the dwell interval.
 
 Cells
-    Events count for their ``cell_id`` (see :mod:`pipeline.classify`); time
+    Events count for their ``cell_id`` (see :mod:`pipeline.stages.classify`); time
     in a state counts for the cell of the detection in that state. The pooled
     (movie) row sums everything, detections without a cell (``cell_id`` 0)
     included, so cell rows sum to the movie row when every event has a cell.
@@ -47,7 +47,7 @@ import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import gamma
 
-from pipeline.classify import TIME_SHARE
+from pipeline.stages.classify import TIME_SHARE
 from pipeline.vocabulary import BACKGROUND, EVENTS, STATES
 
 __all__ = ["KineticsParams", "cell_kinetics", "cell_rates", "poisson_rate_ci"]
@@ -108,12 +108,12 @@ def cell_rates(
     particles : DataFrame
         Classified detections: ``track_id``, ``frame``, ``cell_id``, ``state``.
     events : DataFrame
-        ``cell_id``, ``kind`` (from :func:`pipeline.classify.classify_tracks`).
+        ``cell_id``, ``kind`` (from :func:`pipeline.stages.classify.classify_tracks`).
     frame_interval_s : float
         Time between frames, s.
     params : KineticsParams
     cells : DataFrame, optional
-        Cell geometry (:func:`pipeline.zones.cell_geometry`: ``cell_id``,
+        Cell geometry (:func:`pipeline.stages.zones.cell_geometry`: ``cell_id``,
         ``first_frame``, ``last_frame``, ``mean_area_um2``), merged in; its
         cells appear even without particles.
 

@@ -23,8 +23,8 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from pipeline.simulate import simulate_cell_images
-    from pipeline.train import average_precision, train_model
+    from pipeline.eval.train import average_precision, train_model
+    from pipeline.sim.simulate import simulate_cell_images
 
     report = {"weights": str(args.out), "pixel_size_um": args.pixel_size_um}
     if not args.score_only:

@@ -26,9 +26,9 @@ def summary_text(results, truth=None) -> str:
     Parameters
     ----------
     results
-        :class:`pipeline.results.Results` of a complete run.
+        :class:`pipeline.io.results.Results` of a complete run.
     truth
-        Optional :class:`pipeline.truth.Truth` of a simulated movie; its true rates
+        Optional :class:`pipeline.sim.truth.Truth` of a simulated movie; its true rates
         are printed beside the estimates.
 
     Returns
@@ -107,7 +107,7 @@ def plot_kinetics(results, path: str | Path, *, max_cells: int = 12) -> Path:
     Parameters
     ----------
     results
-        :class:`pipeline.results.Results` of a complete run.
+        :class:`pipeline.io.results.Results` of a complete run.
     path
         PNG file to write.
     max_cells

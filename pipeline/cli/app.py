@@ -1,4 +1,4 @@
-"""The ``uptrack`` command line: one verb per job, each in ``pipeline.commands``.
+"""The ``uptrack`` command line: one verb per job, each in ``pipeline.cli``.
 
 Every verb module defines ``HELP`` (one line), ``add_arguments(parser)`` and
 ``main(args) -> int``. Verbs are imported only when used, so ``uptrack --help``
@@ -15,7 +15,7 @@ import sys
 from pipeline import __version__
 from pipeline.errors import UptrackError
 
-#: verb name -> module in pipeline.commands, in the order --help lists them.
+#: verb name -> module in pipeline.cli, in the order --help lists them.
 VERBS = {
     "simulate": "simulate",
     "train-cellpose": "train_cellpose",
@@ -27,7 +27,7 @@ VERBS = {
 
 
 def _verb_module(name: str):
-    return importlib.import_module(f"pipeline.commands.{VERBS[name]}")
+    return importlib.import_module(f"pipeline.cli.{VERBS[name]}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = _verb_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("pipeline.commands"):
+            if exc.name and exc.name.startswith("pipeline.cli"):
                 continue  # verb not implemented in this version
             raise
         verb_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)

@@ -22,7 +22,7 @@ from contextvars import ContextVar
 
 from tqdm.auto import tqdm
 
-from pipeline.config import JOBQUEUE_BACKENDS, ComputeConfig, JobQueueConfig
+from pipeline.run.config import JOBQUEUE_BACKENDS, ComputeConfig, JobQueueConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``uptrack simulate``: write a simulated movie with its ground truth.
 
-The config is a YAML mapping of :class:`pipeline.simulate.SimulationConfig`
+The config is a YAML mapping of :class:`pipeline.sim.simulate.SimulationConfig`
 fields; ``--set key=value`` overrides single fields (values are read as YAML,
 e.g. ``--set shape=[512,512] --set nuclei_channel=true``).
 """
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_config(args: argparse.Namespace):
-    from pipeline.simulate import SimulationConfig
+    from pipeline.sim.simulate import SimulationConfig
 
     fields: dict = {}
     if args.config is not None:
@@ -61,7 +61,7 @@ def _read_config(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.simulate import simulate, write_simulation
+    from pipeline.sim.simulate import simulate, write_simulation
 
     config = _read_config(args)
     start = time.perf_counter()
@@ -72,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"wrote {written['movie']}")
     print(f"wrote {written['truth'][0].parent}/ ({', '.join(p.name for p in written['truth'])})")
     if args.preview:
-        from pipeline.sim_preview import write_montage
+        from pipeline.sim.preview import write_montage
 
         print(f"wrote {write_montage(sim.movie, sim.truth, args.out_dir / f'{args.name}_preview.png')}")
     truth = sim.truth

@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from pipeline.simoptics import pixel_fraction
+from pipeline.optics import pixel_fraction
 
 #: Columns of a detections table, in order.
 COLUMNS = ("frame", "y", "x", "mass", "size", "ecc", "signal", "raw_mass", "ep")
@@ -406,7 +406,7 @@ def _odd_diameter_px(diameter_px: float) -> int:
 
 
 def _pixel_fraction_grads(offset: np.ndarray, sigma: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Derivatives of :func:`pipeline.simoptics.pixel_fraction` with respect to ``offset`` and to ``sigma``."""
+    """Derivatives of :func:`pipeline.optics.pixel_fraction` with respect to ``offset`` and to ``sigma``."""
     scale = 1.0 / (np.sqrt(2.0) * sigma)
     up, lo = (offset + 0.5) * scale, (offset - 0.5) * scale
     g_up, g_lo = np.exp(-up**2) / np.sqrt(np.pi), np.exp(-lo**2) / np.sqrt(np.pi)

@@ -15,7 +15,7 @@ row per cell (``level == "cell"``), each with the movie's name and metadata colu
 
 Resume and isolation
     Each movie's store records the stages it finished and is marked complete only
-    at the end (`pipeline.runner`). Started again after a kill, a batch skips movies
+    at the end (`pipeline.run.runner`). Started again after a kill, a batch skips movies
     whose store is complete (same config and input), resumes the others at their
     first unfinished stage, and starts the rest. A movie that fails (unreadable or
     corrupt file, a stage raising, a worker dying on it) is recorded as failed with
@@ -46,9 +46,15 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.config import (JOBQUEUE_BACKENDS, ComputeConfig, RunConfig, _resolve_paths,
-                             format_validation_error, read_yaml_mapping)
 from pipeline.errors import InputError
+from pipeline.run.config import (
+    JOBQUEUE_BACKENDS,
+    ComputeConfig,
+    RunConfig,
+    _resolve_paths,
+    format_validation_error,
+    read_yaml_mapping,
+)
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +253,7 @@ def _set_dotted(raw: dict, key: str, value: Any, source: str) -> None:
 
 
 def _check_metadata_keys(metadata: dict) -> None:
-    from pipeline.results import TABLE_COLUMNS
+    from pipeline.io.results import TABLE_COLUMNS
 
     reserved = {*LEAD_COLUMNS, *STATUS_COLUMNS, *TAIL_COLUMNS, *TABLE_COLUMNS["cells"]}
     for key in metadata:
@@ -310,7 +316,7 @@ def find_movies(config: BatchConfig, *, strict: bool = True) -> list[list[Path]]
 
 def _is_movie(path: Path) -> bool:
     """A TIFF file or an OME-Zarr folder (other files a glob catches are left out)."""
-    from pipeline.io import TIFF_SUFFIXES
+    from pipeline.io.movie import TIFF_SUFFIXES
 
     if path.is_dir():
         return path.suffix.lower() == ".zarr"
@@ -329,7 +335,7 @@ def unmatched_message(index: int, pattern: str) -> str:
 
 
 def _stem(path: Path) -> str:
-    from pipeline.runner import _movie_stem
+    from pipeline.run.runner import _movie_stem
 
     return _movie_stem(path)
 
@@ -383,7 +389,7 @@ def plan_batch(config: BatchConfig, settings: dict, found: list[list[Path]], *,
     columns: list[str] = []
     for job in jobs:
         columns += [key for key in job.metadata if key not in columns]
-    from pipeline.compute import n_worker_processes
+    from pipeline.run.compute import n_worker_processes
 
     at_once = config.movies_at_once or max(1, min(len(jobs), n_worker_processes(config.compute)))
     if config.compute.backend == "sync":
@@ -446,7 +452,7 @@ class BatchDisplay:
     """
 
     def __init__(self, n_movies: int, slots: int, stream=None, live: bool = True):
-        from pipeline.runner import STAGES
+        from pipeline.run.runner import STAGES
 
         self.stages = STAGES
         self.stream = stream if stream is not None else sys.stderr
@@ -581,9 +587,9 @@ def run_movie(job: MovieJob, client, *, overwrite: bool, display: BatchDisplay |
     is resumed; a complete store from another config or input is replaced only with
     ``overwrite``.
     """
-    from pipeline import store as store_module
-    from pipeline.compute import progress_to
-    from pipeline.runner import Run, log_to_file, run
+    from pipeline.io import store as store_module
+    from pipeline.run.compute import progress_to
+    from pipeline.run.runner import Run, log_to_file, run
 
     start = time.perf_counter()
     job.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -644,7 +650,7 @@ def check_models(plan: BatchPlan) -> None:
     InputError
         With the fix (pre-fetch the weights, e.g. on an HPC login node).
     """
-    from pipeline.segment import resolve_model
+    from pipeline.stages.segment import resolve_model
 
     for model in sorted({job.config.segment.model for job in plan.jobs}):
         resolve_model(model)
@@ -655,7 +661,7 @@ def _client_for(plan: BatchPlan, client) -> Iterator[object | None]:
     if client is not None:
         yield client
         return
-    from pipeline.compute import dask_client
+    from pipeline.run.compute import dask_client
 
     with dask_client(plan.compute) as own:
         yield own
@@ -715,7 +721,7 @@ def summary_table(plan: BatchPlan, outcomes: list[MovieOutcome]) -> pd.DataFrame
     stores' ``cells`` table (movie rows: the pooled ``movie`` table), ``store``,
     ``input_path``. A failed movie has its movie row only, with its error.
     """
-    from pipeline.results import TABLE_COLUMNS, load_results
+    from pipeline.io.results import TABLE_COLUMNS, load_results
 
     rate_columns = [c for c in TABLE_COLUMNS["cells"] if c != "cell_id"]
     frames = []
@@ -789,8 +795,8 @@ def write_table_atomic(table: pd.DataFrame, csv: Path, parquet: Path) -> None:
 
 def describe_plan(plan: BatchPlan) -> str:
     """The work plan as text: compute, each movie and its store's state, outputs (starts nothing)."""
-    from pipeline.compute import job_script, n_worker_processes
-    from pipeline.runner import Run
+    from pipeline.run.compute import job_script, n_worker_processes
+    from pipeline.run.runner import Run
 
     c = plan.compute
     lines = [f"uptrack batch: {len(plan.jobs)} movies -> {plan.output_dir}"]

@@ -1,7 +1,7 @@
-"""Accuracy of a run against the simulator's ground truth (:mod:`pipeline.truth`).
+"""Accuracy of a run against the simulator's ground truth (:mod:`pipeline.sim.truth`).
 
 Pure functions: tables and arrays in, numbers out. :func:`evaluate` runs them all
-on a store's :class:`~pipeline.results.Results` and a :class:`~pipeline.truth.Truth`
+on a store's :class:`~pipeline.io.results.Results` and a :class:`~pipeline.sim.truth.Truth`
 and returns one flat, JSON-able dict; :func:`format_report` prints it.
 
 Definitions
@@ -56,7 +56,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from pipeline.detect import localization_crlb_px
+from pipeline.stages.detect import localization_crlb_px
 from pipeline.vocabulary import EVENTS, STATES
 
 #: Rate -> (event kind, truth column of the time at risk).
@@ -384,9 +384,9 @@ def rate_scores(results, truth) -> dict:
     ----------
     results
         Has ``movie`` (pooled rates, one row, with ``_ci_low`` / ``_ci_high``) and
-        ``events`` (``kind`` column), like :class:`pipeline.results.Results`.
+        ``events`` (``kind`` column), like :class:`pipeline.io.results.Results`.
     truth
-        Has ``cells``, ``events`` and ``meta``, like :class:`pipeline.truth.Truth`.
+        Has ``cells``, ``events`` and ``meta``, like :class:`pipeline.sim.truth.Truth`.
 
     Returns
     -------
@@ -439,9 +439,9 @@ def evaluate(results, truth, *, max_distance_px: float = 2.0, max_frames: int = 
 
     Parameters
     ----------
-    results : pipeline.results.Results
+    results : pipeline.io.results.Results
         A complete run.
-    truth : pipeline.truth.Truth
+    truth : pipeline.sim.truth.Truth
         The ground truth of the simulated movie it ran on.
     max_distance_px : float
         Largest detection-to-particle distance of a match, px.

@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from pipeline.batch import BatchDisplay, check_models, describe_plan, load_plan, run_batch
+    from pipeline.run.batch import BatchDisplay, check_models, describe_plan, load_plan, run_batch
 
     plan = load_plan(args.config, args.overrides, strict=not args.dry_run)
     if args.dry_run:

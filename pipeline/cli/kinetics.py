@@ -3,7 +3,7 @@
 Applies the latest version of the store's curation record (or ``--version N``) to
 the pipeline's particles and writes the recomputed particles, events, tracks,
 cells, movie and kinetics under ``curated/`` in the store (format:
-:mod:`pipeline.curation`); the pipeline's own tables are left as they are. Prints
+:mod:`pipeline.io.curation`); the pipeline's own tables are left as they are. Prints
 the movie-level rates before and after.
 """
 
@@ -24,8 +24,8 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from pipeline.curation import apply_curation, curation_versions
-    from pipeline.results import load_results
+    from pipeline.io.curation import apply_curation, curation_versions
+    from pipeline.io.results import load_results
 
     version = apply_curation(args.store, version=args.version)
     if version is None:

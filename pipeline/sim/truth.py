@@ -1,6 +1,6 @@
 """Ground truth of a simulated movie: the format on disk and its reader.
 
-A movie ``NAME.ome.tif`` written by :func:`pipeline.simulate.write_simulation`
+A movie ``NAME.ome.tif`` written by :func:`pipeline.sim.simulate.write_simulation`
 has its ground truth in the folder ``NAME.truth/`` next to it:
 
 ``cell_labels.tif``

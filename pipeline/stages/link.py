@@ -59,8 +59,8 @@ import trackpy
 from pydantic import BaseModel, ConfigDict, Field
 from trackpy.linking.utils import SubnetOversizeException
 
-from pipeline.detect import DetectParams, detect_near
 from pipeline.errors import UptrackError
+from pipeline.stages.detect import DetectParams, detect_near
 
 #: Fewest links of the first pass that make a measurement of the brightness spread.
 MIN_LINKS_FOR_MASS = 20
@@ -397,7 +397,7 @@ def fill_gaps(tracks: pd.DataFrame, frames, *, pixel_size_um: float, frame_inter
     interpolation of the two positions, within ``SEARCH_SIGMAS`` standard
     deviations of a Brownian bridge, ``sqrt(2 D Δt (f-a)(b-f)/(b-a) + 2 ε²)``
     per axis (D: ``max_diffusion_um2_s``, ε: the median ``ep``), capped at the
-    linking search range. :func:`pipeline.detect.detect_near` fits it together
+    linking search range. :func:`pipeline.stages.detect.detect_near` fits it together
     with the frame's detections and keeps it if its significance reaches
     ``fill_gaps_min_snr``.
 

@@ -9,21 +9,21 @@ the field and what is allowed. ``--set key.sub=value`` overrides any field.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.celltrack import CellTrackParams
-from pipeline.classify import ClassifyParams
-from pipeline.detect import DetectParams
 from pipeline.errors import InputError
-from pipeline.kinetics import KineticsParams
-from pipeline.link import LinkParams
-from pipeline.segment import SegmentParams
-from pipeline.zones import ZoneParams
+from pipeline.stages.classify import ClassifyParams
+from pipeline.stages.detect import DetectParams
+from pipeline.stages.kinetics import KineticsParams
+from pipeline.stages.link import LinkParams
+from pipeline.stages.segment import SegmentParams
+from pipeline.stages.track_cells import CellTrackParams
+from pipeline.stages.zones import ZoneParams
 
 
 class _Section(BaseModel):
@@ -250,7 +250,7 @@ def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> st
     """
     if not prefix:
         lines = ["# Run config reference", "",
-                 "Generated from the pydantic models (`pipeline.config.config_reference`); every field of",
+                 "Generated from the pydantic models (`pipeline.run.config.config_reference`); every field of",
                  "a run config, by section. Units are in the names (`_um`, `_s`, `_per_min`). Unknown fields",
                  "are errors. Override any field with `--set section.field=value`.", ""]
     else:

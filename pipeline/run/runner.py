@@ -25,7 +25,7 @@ committed output. A store is reused only when it was made from the same config
 same input (checksum; a file whose size and modification time match the store's
 record keeps its recorded checksum, so resuming a multi-GB movie does not re-read it).
 
-``uptrack batch`` (`pipeline.batch`) runs many movies on one shared cluster: it passes
+``uptrack batch`` (`pipeline.run.batch`) runs many movies on one shared cluster: it passes
 its client, the movie's metadata (kept in the store's attrs), a log file, a stage
 callback, and ``stages_on_cluster=True`` so that the single-process stages also run
 as Dask tasks, on the workers, not in the process that drives the batch.
@@ -47,19 +47,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import __version__, store
-from pipeline.celltrack import CellTracker, relabel
-from pipeline.classify import classify_tracks, summarize_tracks
-from pipeline.compute import dask_client, frame_chunks, map_tasks, progress, progress_to
-from pipeline.config import RunConfig, dump_config
-from pipeline.curation import curation_versions
-from pipeline.detect import DetectParams, detect_frame
 from pipeline.errors import InputError
-from pipeline.io import Movie, file_checksum, open_movie
-from pipeline.kinetics import cell_kinetics, cell_rates
-from pipeline.link import close_gaps, fill_gaps, link_tracks
-from pipeline.segment import SegmentParams, estimate_diameter_um, segment_frame
-from pipeline.zones import ZoneParams, cell_geometry, zones_for_frame
+from pipeline.io import store
+from pipeline.io.curation import curation_versions
+from pipeline.io.movie import Movie, file_checksum, open_movie
+from pipeline.run.compute import dask_client, frame_chunks, map_tasks, progress, progress_to
+from pipeline.run.config import RunConfig, dump_config
+from pipeline.stages.classify import classify_tracks, summarize_tracks
+from pipeline.stages.detect import DetectParams, detect_frame
+from pipeline.stages.kinetics import cell_kinetics, cell_rates
+from pipeline.stages.link import close_gaps, fill_gaps, link_tracks
+from pipeline.stages.segment import SegmentParams, estimate_diameter_um, segment_frame
+from pipeline.stages.track_cells import CellTracker, relabel
+from pipeline.stages.zones import ZoneParams, cell_geometry, zones_for_frame
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ class Run:
         group = f"{_INPUTS}/{stage}"
         if not (self.path / group / name / "zarr.json").exists():
             store.write_table(self.path, name, store_table(self.path, name), group=group)
-        from pipeline.results import read_table
+        from pipeline.io.results import read_table
 
         return read_table(self.path, name, group=group)
 
@@ -437,7 +437,7 @@ class Run:
 
 def store_table(path: Path, name: str) -> pd.DataFrame:
     """A table of the store being written (incomplete stores included)."""
-    from pipeline.results import read_table
+    from pipeline.io.results import read_table
 
     return read_table(path, name)
 
@@ -499,10 +499,8 @@ def _run_stages(job: Run, stages: list[str], client, *, on_stage=None, on_cluste
             client.submit(_stage_task, job.config, stage, log_file, pure=False).result()
         else:
             getattr(job, stage)(client)
-        store.mark_stage_done(job.path, stage)
         seconds = time.perf_counter() - start
-        timings = store.read_attrs(job.path).get("stage_seconds", {})
-        store.update_attrs(job.path, stage_seconds={**timings, stage: round(seconds, 2)})
+        store.mark_stage_done(job.path, stage, seconds)
         log.info("%-11s done in %.1f s", stage, seconds)
         if on_stage is not None:
             on_stage(stage, True)

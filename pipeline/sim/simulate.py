@@ -7,18 +7,18 @@ memory; ``write_simulation(sim, out_dir, name)`` writes
   ``particles`` and optionally ``nuclei``; OME-XML carries PhysicalSizeX/Y (µm)
   and TimeIncrement (s). Its UUID is derived from the config, so the same
   config gives the same bytes.
-- ``NAME.truth/``: the ground truth, format documented in :mod:`pipeline.truth`.
+- ``NAME.truth/``: the ground truth, format documented in :mod:`pipeline.sim.truth`.
 
 Model
 -----
-Cells (:mod:`pipeline.simcells`): irregular star-shaped outlines from low
+Cells (:mod:`pipeline.sim.cells`): irregular star-shaped outlines from low
 Fourier harmonics, drifting and deforming, never overlapping, optionally
 densely packed; cytoplasmic or membrane stain with texture and cell-to-cell
 brightness variation; optional nuclear stain. Particles
-(:mod:`pipeline.simparticles`): Poisson arrivals, Brownian motion, binding on
+(:mod:`pipeline.sim.particles`): Poisson arrivals, Brownian motion, binding on
 contact, exponential dwell times with per-cell rates, vesicle runs, release.
 
-Optics and camera (:mod:`pipeline.simoptics`): each particle is a
+Optics and camera (:mod:`pipeline.optics`): each particle is a
 pixel-integrated Gaussian spot with sigma ``psf_sigma_px`` (default 1 px: an
 effective widefield PSF of a ~100 nm particle, slightly out of focus, at 0.2 µm
 pixels; ``None`` gives the in-focus diffraction limit 0.21 λ / NA), photons log-normal around a median; the particle channel adds a
@@ -55,11 +55,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline import __version__
 from pipeline.errors import InputError
-from pipeline.simcells import (CellLayout, CellLooks, evolve_layout, lognormal_factor, place_cells, random_looks,
-                               render_cells, simulate_cell_images)
-from pipeline.simoptics import camera, centred_peak_fraction, peak_photons_for_snr, psf_sigma_px, render_spots
-from pipeline.simparticles import MEMBRANE_BOUND, VESICULAR, ParticleSystem
-from pipeline.truth import TRUTH_FORMAT, Truth, load_truth, truth_dir_for, write_truth
+from pipeline.optics import camera, centred_peak_fraction, peak_photons_for_snr, psf_sigma_px, render_spots
+from pipeline.sim.cells import (
+    CellLayout,
+    CellLooks,
+    evolve_layout,
+    lognormal_factor,
+    place_cells,
+    random_looks,
+    render_cells,
+    simulate_cell_images,
+)
+from pipeline.sim.particles import MEMBRANE_BOUND, VESICULAR, ParticleSystem
+from pipeline.sim.truth import TRUTH_FORMAT, Truth, load_truth, truth_dir_for, write_truth
 from pipeline.vocabulary import EVENTS
 
 __all__ = ["SimulationConfig", "Simulation", "simulate", "write_simulation", "load_truth",

@@ -1,4 +1,4 @@
-"""Write one Zarr v3 store per movie (layout: DESIGN.md, "Store"; read it with `pipeline.results`).
+"""Write one Zarr v3 store per movie (layout: DESIGN.md, "Store"; read it with `pipeline.io.results`).
 
 Layout::
 
@@ -47,7 +47,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dask.array as da
@@ -176,22 +176,30 @@ def stages_done(path: str | Path) -> list[str]:
     return list(read_attrs(path)["stages_completed"])
 
 
-def mark_stage_done(path: str | Path, stage: str) -> None:
-    """Record that ``stage`` finished; call only after its outputs are written."""
-    stages = stages_done(path)
-    if stage not in stages:
-        update_attrs(path, stages_completed=[*stages, stage])
+def mark_stage_done(path: str | Path, stage: str, seconds: float | None = None) -> None:
+    """Record that ``stage`` finished (and how long it took, s) in one attribute write.
+
+    Call only after its outputs are written. The stage list and its timing are written together,
+    so a process killed at any point never leaves a finished stage without its time.
+    """
+    attrs = read_attrs(path)
+    stages = list(attrs["stages_completed"])
+    values = {} if stage in stages else {"stages_completed": [*stages, stage]}
+    if seconds is not None:
+        values["stage_seconds"] = {**attrs.get("stage_seconds", {}), stage: round(float(seconds), 2)}
+    if values:
+        update_attrs(path, **values)
 
 
 def mark_complete(path: str | Path) -> None:
-    """Mark the store complete (`pipeline.results.load_results` then reads it) and drop ``.tmp``."""
+    """Mark the store complete (`pipeline.io.results.load_results` then reads it) and drop ``.tmp``."""
     shutil.rmtree(Path(path) / _TMP, ignore_errors=True)
     update_attrs(path, complete=True)
 
 
 def utc_now() -> str:
     """Current UTC time, ISO 8601."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # --- atomic writes --------------------------------------------------------------

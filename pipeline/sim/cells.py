@@ -34,7 +34,7 @@ from functools import cached_property
 import numpy as np
 from scipy import ndimage
 
-from pipeline.simoptics import camera, peak_photons_for_snr
+from pipeline.optics import camera, peak_photons_for_snr
 
 #: Fourier orders of the outline harmonics (order 1 would only shift the cell).
 HARMONIC_ORDERS = np.arange(2, 6)
@@ -323,7 +323,7 @@ def simulate_cell_images(n_images: int, shape=(256, 256), seed=0, *, stain="mixe
     Uses the same geometry and rendering as the movie simulator. Each image draws
     its cell count, packing (spacing 0.8 … 1.25: touching to separate), outline
     irregularity, stain, background and SNR (log-uniform in ``snr_range``; SNR
-    of a typical cell pixel, see :mod:`pipeline.simoptics`).
+    of a typical cell pixel, see :mod:`pipeline.optics`).
 
     Parameters
     ----------

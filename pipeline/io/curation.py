@@ -15,7 +15,7 @@ particles with that version applied::
         particles, events, tracks, cells, movie    tables recomputed with version N
         kinetics                per-cell time series recomputed with version N
 
-``pipeline.results.load_results(path, curated=True)`` reads the curated tables.
+``pipeline.io.results.load_results(path, curated=True)`` reads the curated tables.
 
 Corrections table (one row per correction, applied in row order):
 
@@ -33,8 +33,8 @@ column         dtype   meaning
 =============  ======  ==========================================================
 
 Recomputation: events from the corrected states
-(:func:`pipeline.classify.events_from_states`), the track table, and the cells,
-movie and kinetics (:mod:`pipeline.kinetics`, with the run's ``kinetics`` config
+(:func:`pipeline.stages.classify.events_from_states`), the track table, and the cells,
+movie and kinetics (:mod:`pipeline.stages.kinetics`, with the run's ``kinetics`` config
 and the pipeline's cell geometry). A detection corrected out of ``released``
 keeps the cell it was released from as its ``cell_id``.
 """
@@ -48,11 +48,11 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from pipeline import store
-from pipeline.classify import events_from_states, summarize_tracks
 from pipeline.errors import InputError
-from pipeline.kinetics import KineticsParams, cell_kinetics, cell_rates
-from pipeline.results import CURATED, Results, load_results, read_table
+from pipeline.io import store
+from pipeline.io.results import CURATED, Results, load_results, read_table
+from pipeline.stages.classify import events_from_states, summarize_tracks
+from pipeline.stages.kinetics import KineticsParams, cell_kinetics, cell_rates
 from pipeline.vocabulary import STATES
 
 __all__ = ["ACTIONS", "CORRECTION_COLUMNS", "apply_corrections", "apply_curation", "curation_versions",
@@ -125,7 +125,7 @@ def apply_corrections(
     Returns
     -------
     particles, events : DataFrame
-        As :func:`pipeline.classify.events_from_states` returns them.
+        As :func:`pipeline.stages.classify.events_from_states` returns them.
     """
     track = particles["track_id"].to_numpy(np.int64)
     frame = particles["frame"].to_numpy(np.int64)

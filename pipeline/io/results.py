@@ -1,4 +1,4 @@
-"""Read an uptrack store back: `load_results` and `read_table` (format: `pipeline.store`).
+"""Read an uptrack store back: `load_results` and `read_table` (format: `pipeline.io.store`).
 
 Tests, the napari plugin, reports and exports use this API, never private paths.
 """
@@ -14,11 +14,11 @@ import xarray as xr
 import zarr
 
 from pipeline.errors import InputError
-from pipeline.store import KINETICS, LABELS, TABLES, read_attrs
+from pipeline.io.store import KINETICS, LABELS, TABLES, read_attrs
 from pipeline.vocabulary import EVENTS, STATES
 
 #: Group of the tables and kinetics recomputed with the reviewer's corrections
-#: (written by `pipeline.curation`; its attrs name the curation version applied).
+#: (written by `pipeline.io.curation`; its attrs name the curation version applied).
 CURATED = "curated"
 
 _I, _F, _S = "int64", "float64", "str"
@@ -156,7 +156,7 @@ def load_results(path: str | Path, *, allow_partial: bool = False, curated: bool
         Open a store whose run has not finished; parts not yet written are empty.
     curated : bool
         Read the tables and kinetics recomputed with the reviewer's corrections
-        (`pipeline.curation`) when the store has them; the pipeline's own output
+        (`pipeline.io.curation`) when the store has them; the pipeline's own output
         otherwise. ``Results.curation_version`` says which was read.
 
     Raises
