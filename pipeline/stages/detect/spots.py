@@ -1,0 +1,321 @@
+"""One frame at one PSF width: background, matched filter, noise; finds, fits, deblends and merges spots."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from pipeline.optics import centred_peak_fraction, pixel_fraction
+from pipeline.stages.detect.fit import Fit, Mosaic, long_axis, pixel
+from pipeline.stages.detect.noise import local_background, quantisation_step, reflect_noise_gain, tile_maps
+from pipeline.stages.detect.params import (
+    BRIGHT_FOR_PSF,
+    CANDIDATE_FRACTION,
+    DEBLEND_ROUNDS,
+    EXTENDED_LINK_SIGMAS,
+    EXTENDED_MAX_SIGMAS,
+    EXTENDED_MIN_SPOTS,
+    EXTENDED_MODEL_ERROR,
+    EXTENDED_SIGMA_RATIO,
+    FIT_SWEEPS,
+    MAX_SPOTS_FOR_PSF,
+    MIN_SPLIT_SNR,
+    MIN_SPOTS_FOR_PSF,
+    MIN_TILE_PX,
+    MODEL_ERROR,
+    NOISE_MASK_SNR,
+    TILE_SIGMAS,
+    WIDTH_BOUNDS_PX,
+    WING_SIGMAS,
+)
+from pipeline.stages.detect.peaks import local_maxima, not_duplicate
+
+
+class Spots:
+    """Background, filtered image and noise of one frame at one PSF width; finds and fits spots.
+
+    Parameters
+    ----------
+    image : (Y, X) float array
+    sigma : float
+        PSF Gaussian sigma, px.
+    background_px : float
+        Side of the local-background window, px (never below the smallest that clears a spot).
+    min_snr : float
+        Detection threshold in noise units of the matched-filtered image.
+    """
+
+    def __init__(self, image: np.ndarray, sigma: float, background_px: float, min_snr: float):
+        self.image = image
+        self.sigma = float(sigma)
+        self.min_snr = float(min_snr)
+        self.half = max(2, int(np.ceil(2.5 * self.sigma)))  # fit window half-width
+        offsets = np.arange(-self.half, self.half + 1)
+        profile = pixel_fraction(offsets, self.sigma)
+        self.kernel = profile / profile.sum()
+        #: matched-filter response at the centre of a unit-flux spot
+        self.unit_response = float(profile @ self.kernel) ** 2
+        self.peak_fraction = centred_peak_fraction(self.sigma)
+        size = max(2 * self.half + 3, int(np.ceil(background_px)) | 1)
+        self.background = local_background(self.filter(image), size)
+        self.sub = image - self.background
+        self.filtered = self.filter(self.sub)
+        self.level, self.spread = self._noise()
+
+    def filter(self, image: np.ndarray) -> np.ndarray:
+        """Correlate with the pixel-integrated PSF (normalised to sum 1)."""
+        out = ndimage.correlate1d(image, self.kernel, axis=0, mode="reflect")
+        return ndimage.correlate1d(out, self.kernel, axis=1, mode="reflect")
+
+    # -- noise ----------------------------------------------------------------
+
+    def _noise(self) -> tuple[np.ndarray, np.ndarray]:
+        """Robust level and spread maps of the filtered image, spots left out.
+
+        The spread is never below the quantisation noise of the pixels
+        (step / √12, filtered), so quantised 8-bit frames with clipped, all-zero
+        backgrounds keep a finite threshold.
+        """
+        f = self.filtered
+        level = np.median(f)
+        spread = 1.4826 * np.median(np.abs(f - level))
+        if not spread > 0:
+            spread = float(np.std(f))
+        spots = ndimage.binary_dilation((f - level) > NOISE_MASK_SNR * max(spread, 1e-12))
+        level, spread = tile_maps(f, spots, max(MIN_TILE_PX, int(round(TILE_SIGMAS * self.sigma))))
+        floor = quantisation_step(self.image) / np.sqrt(12.0) * float(self.kernel @ self.kernel)
+        scale = max(float(np.abs(self.image).max()), 1.0)
+        spread = np.maximum(spread, max(floor, 1e-9 * scale))
+        edge = [reflect_noise_gain(self.kernel, n) for n in f.shape]
+        return level, spread * np.sqrt(edge[0][:, None] * edge[1][None, :])
+
+    def significance(self, filtered: np.ndarray) -> np.ndarray:
+        """Filtered values in units of the local noise above the local level."""
+        return (filtered - self.level) / self.spread
+
+    def peaks(self, filtered: np.ndarray, z: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+        """Local maxima of ``filtered`` within ``radius`` px, significance ``z`` above the candidate level."""
+        return local_maxima(filtered, z, radius, CANDIDATE_FRACTION * self.min_snr)
+
+    # -- PSF ----------------------------------------------------------------------
+
+    def psf_candidates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Strongest bright isolated maxima (positions, px) that serve to measure the PSF width."""
+        half = self.half + 2
+        z = self.significance(self.filtered)
+        y, x = self.peaks(self.filtered, z, 2 * half + 1)
+        strength = z[y.astype(int), x.astype(int)]
+        chosen = np.flatnonzero(strength >= BRIGHT_FOR_PSF * self.min_snr)
+        if len(chosen) > 1:
+            points = np.column_stack([y, x])
+            distance = cKDTree(points).query(points[chosen], 2)[0][:, 1]
+            chosen = chosen[distance > 2 * half + 1]
+        chosen = chosen[np.argsort(-strength[chosen])][:MAX_SPOTS_FOR_PSF]
+        return y[chosen], x[chosen]
+
+    def fitted_widths(self) -> np.ndarray:
+        """Free-width fits (px) of the bright isolated spots; the window has room for a spot wider
+        than the current guess, so that repeated measurements walk to the true width."""
+        y, x = self.psf_candidates()
+        if len(y) == 0:
+            return np.zeros(0)
+        fit = Fit(self.sub, y, x, self.initial_flux(y, x), self.sigma, self.half + 2, fit_width=True)
+        fit.run(FIT_SWEEPS)
+        return fit.sigma[fit.converged()]
+
+    def measure_sigma(self) -> float | None:
+        """PSF sigma (px): median of the free-width fits, or None with fewer than MIN_SPOTS_FOR_PSF."""
+        widths = self.fitted_widths()
+        return float(np.median(widths)) if len(widths) >= MIN_SPOTS_FOR_PSF else None
+
+    # -- detection -----------------------------------------------------------
+
+    def detect(self, separation: float) -> Fit:
+        """Find, fit and deblend the spots."""
+        z = self.significance(self.filtered)
+        y, x = self.peaks(self.filtered, z, separation)
+        fit = Fit(self.sub, y, x, self.initial_flux(y, x), self.sigma, self.half)
+        fit.run(FIT_SWEEPS)
+        for _ in range(DEBLEND_ROUNDS):
+            changed = False
+            for step in (self._split_blends, self._residual_peaks):
+                fit.keep((self.significance_at(fit) >= self.min_snr) & fit.converged())
+                if step(fit, separation):
+                    fit.run(FIT_SWEEPS)
+                    changed = True
+            if not changed:
+                break
+        fit.keep((self.significance_at(fit) >= self.min_snr) & fit.converged())
+        fit.keep(not_duplicate(fit.y, fit.x, fit.flux, separation))
+        return fit
+
+    def _residual_peaks(self, fit: Fit, separation: float) -> bool:
+        """Add significant peaks of the filtered residual image as new spots; True if any."""
+        model = self.filter(fit.model_image())
+        residual = self.filtered - model
+        wings = ndimage.gaussian_filter(model, WING_SIGMAS * self.sigma)
+        inflated = np.sqrt(self.spread**2 + (MODEL_ERROR * np.maximum(model, wings)) ** 2)
+        ny, nx = self.peaks(residual, (residual - self.level) / inflated, separation)
+        if len(fit.y) and len(ny):
+            far = cKDTree(np.column_stack([fit.y, fit.x])).query(np.column_stack([ny, nx]))[0] >= separation
+            ny, nx = ny[far], nx[far]
+        if len(ny) == 0:
+            return False
+        iy, ix = ny.astype(int), nx.astype(int)
+        fit.add(ny, nx, np.clip(residual[iy, ix] - self.level[iy, ix], 0.0, None) / self.unit_response)
+        return True
+
+    def _split_blends(self, fit: Fit, separation: float) -> bool:
+        """Replace spots that are better explained as two spots; True if any.
+
+        Each spot bright enough to hide two detectable ones is refitted, alone
+        in its window with its neighbours' models subtracted, once as one and
+        once as two spots (started apart along the spot's long axis). The pair
+        replaces it when both members are significant, at least ``separation``
+        apart, and the drop in the residual sum of squares, in units of the
+        pixel noise variance (plus MODEL_ERROR of the spot's peak, squared),
+        exceeds ``max(min_snr, MIN_SPLIT_SNR)**2``.
+        """
+        iy, ix = pixel(fit.y, self.image.shape[0]), pixel(fit.x, self.image.shape[1])
+        z = fit.flux * self.unit_response / self.spread[iy, ix]
+        cand = np.flatnonzero(z >= 2 * self.min_snr)
+        if len(cand) == 0:
+            return False
+        stamps, valid = fit.stamps(cand)
+        n, w = len(cand), stamps.shape[1]
+        centre = (w - 1) / 2.0
+        oy, ox = fit.y[cand] - fit.cy[cand], fit.x[cand] - fit.cx[cand]
+        axis, half_distance = long_axis(stamps, oy + centre, ox + centre, self.sigma)
+        mosaic = Mosaic(stamps, valid, self.sigma, self.half)
+        rss_single = mosaic.fit(oy + centre, ox + centre, fit.flux[cand])[4]
+        pair_y = np.concatenate([oy + centre + half_distance * axis[:, 0], oy + centre - half_distance * axis[:, 0]])
+        pair_x = np.concatenate([ox + centre + half_distance * axis[:, 1], ox + centre - half_distance * axis[:, 1]])
+        py, px, pflux, pok, rss_pair, _ = mosaic.fit(pair_y, pair_x, np.tile(0.5 * fit.flux[cand], 2))
+        pixel_noise = self.spread[iy[cand], ix[cand]] / float(self.kernel @ self.kernel)
+        model_error = MODEL_ERROR * fit.flux[cand] * self.peak_fraction
+        gain = (rss_single - rss_pair) / (pixel_noise**2 + model_error**2)
+        a, b = np.arange(n), np.arange(n, 2 * n)
+        spread = np.tile(self.spread[iy[cand], ix[cand]], 2)
+        ok = pok & (pflux * self.unit_response / spread >= self.min_snr)
+        apart = np.hypot(py[a] - py[b], px[a] - px[b]) >= separation
+        accept = ok[a] & ok[b] & apart & (gain >= max(self.min_snr, MIN_SPLIT_SNR) ** 2)
+        if not accept.any():
+            return False
+        shift_y, shift_x = fit.cy[cand] - centre, fit.cx[cand] - centre
+        sel = np.concatenate([a[accept], b[accept]])
+        new_y, new_x = py[sel] + np.tile(shift_y[accept], 2), px[sel] + np.tile(shift_x[accept], 2)
+        keep = np.ones(len(fit.y), bool)
+        keep[cand[accept]] = False
+        fit.keep(keep)
+        fit.add(new_y, new_x, pflux[sel])
+        return True
+
+    # -- extended objects -------------------------------------------------------
+
+    def merge_extended(self, fit: Fit) -> Fit:
+        """Replace groups of overlapping spots that are one object bigger than the PSF by that object.
+
+        Spots closer than EXTENDED_LINK_SIGMAS PSF sigmas form groups; each group
+        of at least EXTENDED_MIN_SPOTS is refitted, alone (the other spots'
+        models subtracted), once as its spots and once as one Gaussian of free
+        width. It is one object when that width is at least
+        EXTENDED_SIGMA_RATIO PSF sigmas and the spots lower the residual sum of
+        squares by less than ``max(min_snr, MIN_SPLIT_SNR)**2`` per extra spot,
+        in units of the pixel noise variance plus EXTENDED_MODEL_ERROR of the
+        object's peak, squared (a blob is not exactly Gaussian; separate point
+        spots leave residuals of their full peak height). The group's spots
+        are removed from ``fit``; returns the objects as a :class:`Fit`
+        (their ``sigma`` fitted).
+        """
+        n = len(fit.y)
+        empty = Fit(self.sub, np.zeros(0), np.zeros(0), np.zeros(0), self.sigma, self.half, fit_width=True)
+        if n < EXTENDED_MIN_SPOTS:
+            return empty
+        points = np.column_stack([fit.y, fit.x])
+        pairs = cKDTree(points).query_pairs(EXTENDED_LINK_SIGMAS * self.sigma, output_type="ndarray")
+        if len(pairs) == 0:
+            return empty
+        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+        labels = connected_components(graph, directed=False)[1]
+        sizes = np.bincount(labels)
+        groups = np.flatnonzero(sizes >= EXTENDED_MIN_SPOTS)
+        if len(groups) == 0:
+            return empty
+        member = np.flatnonzero(np.isin(labels, groups))
+        block = np.searchsorted(groups, labels[member])
+        weight = fit.flux[member]
+        total = np.bincount(block, weights=weight)
+        cy = np.bincount(block, weights=weight * fit.y[member]) / total
+        cx = np.bincount(block, weights=weight * fit.x[member]) / total
+        var = np.bincount(block, weights=weight * ((fit.y[member] - cy[block]) ** 2
+                                                   + (fit.x[member] - cx[block]) ** 2)) / total / 2
+        start_sigma = np.sqrt(self.sigma**2 + var)
+        extent = np.sqrt(np.max((fit.y[member] - cy[block]) ** 2 + (fit.x[member] - cx[block]) ** 2))
+        max_sigma = EXTENDED_MAX_SIGMAS * self.sigma
+        half = int(np.ceil(min(2.5 * max(start_sigma.max(), 1.5 * self.sigma), 2.5 * max_sigma) + 0.5 * extent))
+        half = max(half, self.half + 1)
+        # stamps of the image minus every spot outside the group, centred on the group's pixel
+        residual = np.pad(self.sub - fit.model_image(), half + 1)
+        own = Fit(self.sub, fit.y[member], fit.x[member], fit.flux[member], self.sigma, self.half)
+        own_model = np.pad(own.model_image(), half + 1)
+        py, px = pixel(cy, self.image.shape[0]), pixel(cx, self.image.shape[1])
+        grid = np.arange(-half, half + 1)
+        rows = (py[:, None] + grid + half + 1)[:, :, None]
+        cols = (px[:, None] + grid + half + 1)[:, None, :]
+        stamps = residual[rows, cols] + own_model[rows, cols]
+        inside = np.pad(np.ones(self.image.shape), half + 1)[rows, cols]
+        mosaic = Mosaic(stamps, inside, self.sigma, half)
+        centre = float(half)
+        my, mx, mflux, mok, rss_multi, _ = mosaic.fit(fit.y[member] - py[block] + centre,
+                                                      fit.x[member] - px[block] + centre, fit.flux[member],
+                                                      block=block, half=self.half)
+        sy, sx, sflux, sok, rss_single, swidth = mosaic.fit(cy - py + centre, cx - px + centre, total,
+                                                            fit_width=True, sigma=float(np.median(start_sigma)),
+                                                            half=half)
+        pixel_noise = self.spread[py, px] / float(self.kernel @ self.kernel)
+        peak = sflux * np.array([centred_peak_fraction(s) for s in swidth])
+        gain = (rss_single - rss_multi) / (pixel_noise**2 + (EXTENDED_MODEL_ERROR * peak) ** 2)
+        k = sizes[groups]
+        accept = sok & (swidth >= EXTENDED_SIGMA_RATIO * self.sigma) & (swidth < min(max_sigma, WIDTH_BOUNDS_PX[1]))
+        accept &= gain < (k - 1) * max(self.min_snr, MIN_SPLIT_SNR) ** 2
+        if not accept.any():
+            return empty
+        keep = np.ones(n, bool)
+        keep[member[accept[block]]] = False
+        fit.keep(keep)
+        objects = Fit(self.sub - fit.model_image(), np.zeros(0), np.zeros(0), np.zeros(0), self.sigma, half,
+                      fit_width=True)
+        objects.add(sy[accept] + py[accept] - centre, sx[accept] + px[accept] - centre, sflux[accept],
+                    swidth[accept])
+        return objects
+
+    # -- helpers ----------------------------------------------------------------
+
+    def initial_flux(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Flux estimate of spots at (y, x) from the filtered image at the nearest pixel."""
+        iy, ix = pixel(y, self.image.shape[0]), pixel(x, self.image.shape[1])
+        return np.clip(self.filtered[iy, ix] - self.level[iy, ix], 0.0, None) / self.unit_response
+
+    def significance_at(self, fit: Fit) -> np.ndarray:
+        """Matched-filter significance of each fitted spot at its fitted position, neighbours subtracted.
+
+        The filter is the PSF centred on the fitted sub-pixel position and the
+        background the local level, so the statistic has the null distribution
+        of the candidate filter: free fit parameters (offset, position) do not
+        inflate it, and spots between pixel centres lose nothing.
+        """
+        if len(fit.y) == 0:
+            return np.zeros(0)
+        idx = np.arange(len(fit.y))
+        stamps, valid = fit.stamps(idx, offset=False)
+        iy, ix = pixel(fit.y, self.image.shape[0]), pixel(fit.x, self.image.shape[1])
+        grid = np.arange(stamps.shape[1]) - (stamps.shape[1] - 1) // 2
+        profile_y = pixel_fraction(fit.cy[:, None] + grid - fit.y[:, None], fit.sigma[:, None])
+        profile_x = pixel_fraction(fit.cx[:, None] + grid - fit.x[:, None], fit.sigma[:, None])
+        psf = profile_y[:, :, None] * profile_x[:, None, :] * valid
+        response = (psf * (stamps - self.level[iy, ix, None, None])).sum(axis=(1, 2))
+        pixel_noise = self.spread[iy, ix] / float(self.kernel @ self.kernel)
+        return response / (pixel_noise * np.sqrt(np.maximum((psf**2).sum(axis=(1, 2)), 1e-300)))
