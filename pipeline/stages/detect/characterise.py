@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import trackpy
-from scipy import ndimage
 
 from pipeline.optics import centred_peak_fraction, pixel_fraction
 from pipeline.stages.detect.fit import Fit, pixel
@@ -34,8 +33,9 @@ def trackpy_features(image: np.ndarray, sub: np.ndarray, y: np.ndarray, x: np.nd
     raw = np.pad(image, pad, mode="reflect")
     processed = np.pad(np.clip(sub, 0.0, None), pad, mode="reflect")
     coords = np.column_stack([pixel(y, image.shape[0]), pixel(x, image.shape[1])]) + radius
-    mass = ndimage.uniform_filter(processed, diameter, mode="constant")[coords[:, 0], coords[:, 1]]
-    ok = mass > 1e-12 * max(float(processed.max()), 1e-300)
+    grid = np.arange(-radius, radius + 1)
+    window = processed[(coords[:, 0, None] + grid)[:, :, None], (coords[:, 1, None] + grid)[:, None, :]]
+    ok = window.sum(axis=(1, 2)) > 0
     if ok.any():
         result = trackpy.refine_com(raw, processed, radius, coords[ok], max_iterations=1)
         for key in out:

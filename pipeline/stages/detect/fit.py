@@ -328,7 +328,11 @@ class Fit:
         variance = (residual**2).sum(axis=1) / dof
         jw = (jac * weight[:, :, None]).transpose(0, 2, 1)
         normal = jw @ jac + 1e-12 * np.eye(jac.shape[2])
-        cov = np.linalg.pinv(normal) * variance[:, None, None]
+        try:
+            cov = np.linalg.solve(normal, np.broadcast_to(np.eye(normal.shape[1]), normal.shape))
+        except np.linalg.LinAlgError:  # a window without valid pixels
+            cov = np.linalg.pinv(normal)
+        cov = cov * variance[:, None, None]
         return np.sqrt(np.clip(0.5 * (cov[:, 0, 0] + cov[:, 1, 1]), 0.0, None))
 
 

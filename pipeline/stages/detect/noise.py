@@ -20,20 +20,24 @@ def local_background(smooth: np.ndarray, size_px: int) -> np.ndarray:
 
 
 def quantisation_step(image: np.ndarray) -> float:
-    """Smallest step between distinct pixel values (0 for non-quantised data).
+    """Smallest step between distinct pixel values of a sample of the image (0 for non-quantised data).
 
     8-bit and rescaled movies hold only a few levels (e.g. multiples of 2 or
     4); the step bounds the noise from below: a pixel is known to ± step / 2.
     """
-    sample = image.ravel()[:: max(1, image.size // 200_000)]
+    sample = image.ravel()[:: max(1, image.size // 20_000)]
     values = np.unique(sample)
     if len(values) < 2 or len(values) > 4096:
         return 0.0
     return float(np.min(np.diff(values)))
 
 
-def tile_maps(values: np.ndarray, exclude: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
+def tile_maps(values: np.ndarray, exclude: np.ndarray, tile: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Median and MAD-based standard deviation of ``values`` per tile (``exclude`` left out), bilinear between tiles.
+
+    ``values`` and ``exclude`` may be a sample of the full image, every
+    ``stride``-th pixel along each axis (the maps are returned at full size,
+    ``stride`` times the sample's shape); ``tile`` is in sample pixels.
 
     A tile with under a quarter of its pixels left, or with no spread, takes the
     values of the nearest good tile; the spread is never below
@@ -78,11 +82,15 @@ def tile_maps(values: np.ndarray, exclude: np.ndarray, tile: int) -> tuple[np.nd
         fill_from_nearest(spread, keep)
         spread = np.maximum(spread, MIN_TILE_NOISE_FRACTION * np.median(spread[keep]))
     edges = [np.minimum(np.arange(c + 1) * s, n) for c, s, n in zip(counts, sides, shape)]
-    centres = [(e[:-1] + e[1:] - 1) / 2.0 for e in edges]
+    centres = [(e[:-1] + e[1:] - 1) / 2.0 * stride for e in edges]
+    return tuple(bilinear(m, centres, (shape[0] * stride, shape[1] * stride)) for m in (level, spread))
+
+
+def bilinear(grid: np.ndarray, centres: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Separable linear interpolation of ``grid`` (values at the tile ``centres``) onto an image of ``shape``."""
     (ly, hy, fy), (lx, hx, fx) = (_linear_weights(n, c) for n, c in zip(shape, centres))
-    fy, fx = fy[:, None], fx[None, :]
-    return tuple((1 - fy) * ((1 - fx) * m[ly][:, lx] + fx * m[ly][:, hx]) + fy * ((1 - fx) * m[hy][:, lx] + fx * m[hy][:, hx])
-                 for m in (level, spread))
+    rows = (1 - fy)[:, None] * grid[ly] + fy[:, None] * grid[hy]
+    return (1 - fx) * rows[:, lx] + fx * rows[:, hx]
 
 
 def _row_medians(values: np.ndarray, count: np.ndarray) -> np.ndarray:

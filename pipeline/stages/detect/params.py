@@ -44,6 +44,10 @@ PSF_FRAMES = 4
 TILE_SIGMAS = 25.0
 MIN_TILE_PX = 24
 NOISE_MASK_SNR = 3.0
+#: Noise statistics use every NOISE_STRIDE-th pixel along each axis where a tile
+#: keeps at least MIN_TILE_PX sample pixels a side (wide PSFs: neighbouring
+#: filtered pixels are correlated anyway).
+NOISE_STRIDE = 2
 #: A tile's noise is never taken below this fraction of the median over tiles
 #: (a tile of clipped, all-zero pixels has no measurable noise).
 MIN_TILE_NOISE_FRACTION = 0.2

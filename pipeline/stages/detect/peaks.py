@@ -18,18 +18,19 @@ def local_maxima(filtered: np.ndarray, z: np.ndarray, radius_px: float, threshol
     is_max = (filtered == ndimage.maximum_filter(filtered, size=2 * r + 1, mode="nearest")) & (z > threshold)
     y, x = np.nonzero(is_max)
     if len(y) > 1:
-        # plateaus: a maximum with an equal value among its 8 neighbours that is also a maximum
-        flat = ndimage.uniform_filter(is_max.astype(np.float32), 3) * 9 > 1.5
-        tied = flat[y, x]
+        # plateaus (every pixel a maximum): keep one maximum per group of tied, touching maxima
+        value = filtered[y, x]
+        tied = np.zeros(len(y), bool)
+        for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
+            ny, nx = np.clip(y + dy, 0, filtered.shape[0] - 1), np.clip(x + dx, 0, filtered.shape[1] - 1)
+            tied |= is_max[ny, nx] & (filtered[ny, nx] == value) & ((ny != y) | (nx != x))
         if tied.any():
-            labels, _ = ndimage.label(is_max & flat, structure=np.ones((3, 3)))
-            lab = labels[y, x]
-            first = np.ones(len(y), bool)
-            order = np.flatnonzero(lab > 0)
-            _, first_idx = np.unique(lab[order], return_index=True)
-            first[order] = False
-            first[order[first_idx]] = True
-            y, x = y[first], x[first]
+            points = np.column_stack([y, x])
+            pairs = cKDTree(points).query_pairs(1.5, output_type="ndarray")
+            pairs = pairs[value[pairs[:, 0]] == value[pairs[:, 1]]]
+            drop = np.zeros(len(y), bool)
+            drop[np.max(pairs, axis=1)] = True  # the later one in raster order
+            y, x = y[~drop], x[~drop]
     return y.astype(float), x.astype(float)
 
 

@@ -27,6 +27,7 @@ from pipeline.stages.detect.params import (
     MIN_TILE_PX,
     MODEL_ERROR,
     NOISE_MASK_SNR,
+    NOISE_STRIDE,
     TILE_SIGMAS,
     WIDTH_BOUNDS_PX,
     WING_SIGMAS,
@@ -80,17 +81,20 @@ class Spots:
         backgrounds keep a finite threshold.
         """
         f = self.filtered
-        level = np.median(f)
-        spread = 1.4826 * np.median(np.abs(f - level))
+        tile = max(MIN_TILE_PX, int(round(TILE_SIGMAS * self.sigma)))
+        stride = NOISE_STRIDE if tile >= NOISE_STRIDE * MIN_TILE_PX and min(f.shape) >= 2 * tile else 1
+        sample = f[::stride, ::stride]
+        level = np.median(sample)
+        spread = 1.4826 * np.median(np.abs(sample - level))
         if not spread > 0:
-            spread = float(np.std(f))
-        spots = ndimage.binary_dilation((f - level) > NOISE_MASK_SNR * max(spread, 1e-12))
-        level, spread = tile_maps(f, spots, max(MIN_TILE_PX, int(round(TILE_SIGMAS * self.sigma))))
+            spread = float(np.std(sample))
+        spots = ndimage.binary_dilation((sample - level) > NOISE_MASK_SNR * max(spread, 1e-12))
+        level, spread = tile_maps(sample, spots, tile // stride, stride)
+        level, spread = level[:f.shape[0], :f.shape[1]], spread[:f.shape[0], :f.shape[1]]
         floor = quantisation_step(self.image) / np.sqrt(12.0) * float(self.kernel @ self.kernel)
-        scale = max(float(np.abs(self.image).max()), 1.0)
-        spread = np.maximum(spread, max(floor, 1e-9 * scale))
-        edge = [reflect_noise_gain(self.kernel, n) for n in f.shape]
-        return level, spread * np.sqrt(edge[0][:, None] * edge[1][None, :])
+        scale = max(float(np.abs(sample).max()), 1.0)
+        edge = [np.sqrt(reflect_noise_gain(self.kernel, n)) for n in f.shape]
+        return level, np.maximum(spread, max(floor, 1e-9 * scale)) * edge[0][:, None] * edge[1][None, :]
 
     def significance(self, filtered: np.ndarray) -> np.ndarray:
         """Filtered values in units of the local noise above the local level."""
@@ -188,6 +192,21 @@ class Spots:
         n, w = len(cand), stamps.shape[1]
         centre = (w - 1) / 2.0
         oy, ox = fit.y[cand] - fit.cy[cand], fit.x[cand] - fit.cx[cand]
+        # a pair can only gain what the single spot leaves unexplained: skip spots whose window's
+        # residual is within two standard deviations of pure noise plus the required gain
+        pixel_noise = self.spread[iy[cand], ix[cand]] / float(self.kernel @ self.kernel)
+        model_error = MODEL_ERROR * fit.flux[cand] * self.peak_fraction
+        grid = np.arange(w) - centre
+        own = fit.flux[cand, None, None] * pixel_fraction(grid[None, :, None] - oy[:, None, None], self.sigma) \
+            * pixel_fraction(grid[None, None, :] - ox[:, None, None], self.sigma)
+        chi2 = (((stamps - own) * valid) ** 2).sum(axis=(1, 2)) / (pixel_noise**2 + model_error**2)
+        n_px = valid.sum(axis=(1, 2))
+        needed = max(self.min_snr, MIN_SPLIT_SNR) ** 2
+        worth = chi2 >= n_px - 4 + needed - 2 * np.sqrt(2 * n_px)
+        if not worth.any():
+            return False
+        cand, stamps, valid, oy, ox = cand[worth], stamps[worth], valid[worth], oy[worth], ox[worth]
+        n = len(cand)
         axis, half_distance = long_axis(stamps, oy + centre, ox + centre, self.sigma)
         mosaic = Mosaic(stamps, valid, self.sigma, self.half)
         rss_single = mosaic.fit(oy + centre, ox + centre, fit.flux[cand])[4]
