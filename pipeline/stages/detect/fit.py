@@ -95,7 +95,6 @@ def _sweeps(data, valid, model, y, x, flux, offset, sigma, cy, cx, order, start,
     """
     pad = half + 1
     w = 2 * half + 1
-    npar = 5 if fit_width else 4
     fy, gy, sy = np.empty(w), np.empty(w), np.empty(w)
     fx, gx, sx = np.empty(w), np.empty(w), np.empty(w)
     jac = np.empty(5)
@@ -111,6 +110,8 @@ def _sweeps(data, valid, model, y, x, flux, offset, sigma, cy, cx, order, start,
         for i in order:
             if not active[i]:
                 continue
+            free = fit_width[i]
+            npar = 5 if free else 4
             _profile(cy[i], y[i], sigma[i], half, fy, gy, sy)
             _profile(cx[i], x[i], sigma[i], half, fx, gx, sx)
             normal[:, :] = 0.0
@@ -128,7 +129,7 @@ def _sweeps(data, valid, model, y, x, flux, offset, sigma, cy, cx, order, start,
                     jac[1] = -f * fy[a] * gx[b]
                     jac[2] = fy[a] * fx[b]
                     jac[3] = 1.0
-                    if fit_width:
+                    if free:
                         jac[4] = f * (sy[a] * fx[b] + fy[a] * sx[b])
                     for p in range(npar):
                         rhs[p] += wt * jac[p] * res
@@ -153,7 +154,7 @@ def _sweeps(data, valid, model, y, x, flux, offset, sigma, cy, cx, order, start,
             x[i] += step_x
             flux[i] = max(f + rhs[2], 1e-9)
             offset[i] += rhs[3]
-            if fit_width:
+            if free:
                 width = sigma[i]
                 sigma[i] = min(max(width + min(max(rhs[4], -0.3 * width), 0.3 * width), width_lo), width_hi)
             cy[i] = min(max(int(round(y[i])), 0), shape_y - 1)
@@ -194,7 +195,8 @@ class Fit:
     valid : (Y, X) array, optional
         Pixel weights (0 leaves a pixel out).
     fit_width : bool
-        Also fit each spot's width (bounded by ``WIDTH_BOUNDS_PX``).
+        Also fit each spot's width (bounded by ``WIDTH_BOUNDS_PX``); see also
+        :attr:`free_width`, per spot.
     """
 
     def __init__(self, sub: np.ndarray, y: np.ndarray, x: np.ndarray, flux: np.ndarray, sigma: float,
@@ -211,6 +213,8 @@ class Fit:
         self.y, self.x = np.zeros(0), np.zeros(0)
         self.flux, self.offset, self.sigma = np.zeros(0), np.zeros(0), np.zeros(0)
         self.cy, self.cx = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        #: which spots have a free width
+        self.free_width = np.zeros(0, bool)
         self.add(y, x, flux)
 
     # -- bookkeeping ------------------------------------------------------------
@@ -223,6 +227,7 @@ class Fit:
         self.flux = np.concatenate([self.flux, np.asarray(flux, float)])
         self.offset = np.concatenate([self.offset, np.zeros(n)])
         self.sigma = np.concatenate([self.sigma, np.full(n, self.sigma0) if sigma is None else np.asarray(sigma, float)])
+        self.free_width = np.concatenate([self.free_width, np.full(n, self.fit_width)])
         self.cy = np.concatenate([self.cy, pixel(np.asarray(y, float), self.shape[0])])
         self.cx = np.concatenate([self.cx, pixel(np.asarray(x, float), self.shape[1])])
         new = np.arange(len(self.y) - n, len(self.y))
@@ -234,7 +239,7 @@ class Fit:
         if len(drop) == 0:
             return
         np.add.at(self.model, self._index(drop), -self._patch(drop)[0])
-        for name in ("y", "x", "flux", "offset", "sigma", "cy", "cx"):
+        for name in ("y", "x", "flux", "offset", "sigma", "cy", "cx", "free_width"):
             setattr(self, name, getattr(self, name)[keep])
 
     def model_image(self) -> np.ndarray:
@@ -308,7 +313,7 @@ class Fit:
         both = both[np.argsort(both[:, 0], kind="stable")]
         start = np.searchsorted(both[:, 0], np.arange(n + 1)).astype(np.int64)
         _sweeps(self.data, self.valid, self.model, self.y, self.x, self.flux, self.offset, self.sigma,
-                self.cy, self.cx, order, start, both[:, 1].astype(np.int64), self.half, self.fit_width, sweeps,
+                self.cy, self.cx, order, start, both[:, 1].astype(np.int64), self.half, self.free_width, sweeps,
                 TOLERANCE_PX, LM_DAMPING, WIDTH_BOUNDS_PX[0], WIDTH_BOUNDS_PX[1], self.shape[0], self.shape[1])
 
     def position_error(self, idx: np.ndarray) -> np.ndarray:
@@ -356,15 +361,20 @@ class Mosaic:
         self.valid[self.block_rows, self.block_cols] = valid
 
     def fit(self, y: np.ndarray, x: np.ndarray, flux: np.ndarray, *, block: np.ndarray | None = None,
-            fit_width: bool = False, sigma: float | None = None, half: int | None = None):
+            fit_width: bool | np.ndarray = False, sigma: float | np.ndarray | None = None, half: int | None = None):
         """Fit spots given in stamp coordinates (spot ``i`` in stamp ``block[i]``, default ``i % n``).
+
+        ``fit_width`` and ``sigma`` may be given per spot.
 
         Returns y, x (stamp coordinates), flux, converged mask, the residual
         sum of squares of each stamp and the fitted widths (px).
         """
         block = np.arange(len(y)) % self.n if block is None else np.asarray(block)
-        fit = Fit(self.image, y + self.oy[block], x + self.ox[block], flux, self.sigma if sigma is None else sigma,
-                  self.half if half is None else half, valid=self.valid, fit_width=fit_width)
+        fit = Fit(self.image, np.zeros(0), np.zeros(0), np.zeros(0), self.sigma, self.half if half is None else half,
+                  valid=self.valid)
+        n = len(y)
+        fit.add(y + self.oy[block], x + self.ox[block], flux, np.broadcast_to(self.sigma if sigma is None else sigma, n))
+        fit.free_width[:] = np.broadcast_to(fit_width, n)
         fit.run(FIT_SWEEPS)
         count = np.maximum(np.bincount(block, minlength=self.n), 1)
         offset = np.bincount(block, weights=fit.offset, minlength=self.n) / count

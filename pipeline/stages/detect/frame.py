@@ -125,7 +125,7 @@ def detect_near(
     at_threshold = min_snr * spots.spread[pixel(y, image.shape[0]), pixel(x, image.shape[1])] / spots.unit_response
     start_flux = np.maximum(spots.initial_flux(y, x), at_threshold)
     fit = Fit(spots.sub, np.concatenate([known_y, y]), np.concatenate([known_x, x]),
-              np.concatenate([known_flux, start_flux]), spots.sigma, spots.half)
+              np.concatenate([known_flux, start_flux]), spots.sigma, spots.half, valid=spots.valid)
     fit.run(FIT_SWEEPS)
     new = np.arange(len(known_y), len(fit.y))
     found = (spots.significance_at(fit)[new] >= min_snr) & fit.converged()[new]

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from pipeline.stages.detect.params import MIN_TILE_NOISE_FRACTION
+from pipeline.stages.detect.params import HEAVY_TAIL_TOLERANCE, MIN_TILE_NOISE_FRACTION
+
+#: Upper quantile of a tile's values and its Gaussian z, for the tail estimate of the spread.
+TAIL_QUANTILE = 0.95
+TAIL_Z = 1.645
 
 
 def local_background(smooth: np.ndarray, size_px: int) -> np.ndarray:
@@ -62,14 +66,16 @@ def tile_maps(values: np.ndarray, exclude: np.ndarray, tile: int, stride: int = 
     level = np.full(counts, np.nan)
     spread = np.full(counts, np.nan)
     if enough.any():
-        sel = blocks[enough]
+        ordered = np.sort(blocks[enough], axis=1)  # NaN (left out) sort last
         count = n_ok[enough]
-        med = _row_medians(sel, count)
-        dev = np.abs(sel - med[:, None])
+        rows = np.arange(len(ordered))
+        med = 0.5 * (ordered[rows, (count - 1) // 2] + ordered[rows, count // 2])
+        dev = np.abs(ordered - med[:, None])
         mad = 1.4826 * _row_medians(dev, count)
         rms = np.sqrt(np.nanmean(dev**2, axis=1))
+        tail = (ordered[rows, np.floor(TAIL_QUANTILE * (count - 1)).astype(int)] - med) / TAIL_Z
         level[enough] = med
-        spread[enough] = np.where(mad > 0, mad, rms)
+        spread[enough] = np.maximum(np.where(mad > 0, mad, rms), tail / HEAVY_TAIL_TOLERANCE)
     keep = np.isfinite(spread) & (spread > 0)
     if not keep.any():  # nothing but spots, or a constant frame: fall back to the whole frame
         v = values.ravel()

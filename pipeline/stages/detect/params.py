@@ -51,6 +51,15 @@ NOISE_STRIDE = 2
 #: A tile's noise is never taken below this fraction of the median over tiles
 #: (a tile of clipped, all-zero pixels has no measurable noise).
 MIN_TILE_NOISE_FRACTION = 0.2
+#: A tile's spread is at least its upper-tail estimate ((q95 - median) / 1.645)
+#: divided by this; Gaussian noise never reaches it (the estimates agree within
+#: a few per cent), heavy-tailed backgrounds do.
+HEAVY_TAIL_TOLERANCE = 1.25
+#: Saturation: when at least SATURATED_MIN_PIXELS (and under SATURATED_MAX_FRACTION)
+#: of a frame's pixels hold its maximum value, those pixels are clipped and left
+#: out of the fits (they only bound the intensity from below).
+SATURATED_MIN_PIXELS = 3
+SATURATED_MAX_FRACTION = 0.05
 #: Fit: at most FIT_SWEEPS sweeps, until no spot moves more than TOLERANCE_PX;
 #: Levenberg-Marquardt damping; deblending rounds.
 FIT_SWEEPS = 20
@@ -60,10 +69,10 @@ DEBLEND_ROUNDS = 2
 #: Extended objects: a group of at least EXTENDED_MIN_SPOTS overlapping spots is
 #: one object when one Gaussian of free width, at least EXTENDED_SIGMA_RATIO PSF
 #: widths, fits it within the model error (see ``spots.Spots.merge_extended``).
-EXTENDED_MIN_SPOTS = 3
-EXTENDED_SIGMA_RATIO = 1.5
+EXTENDED_MIN_SPOTS = 2
+EXTENDED_SIGMA_RATIO = 1.0
 #: Model error of a blob (fraction of its peak) when a Gaussian is compared with its spots.
-EXTENDED_MODEL_ERROR = 0.1
+EXTENDED_MODEL_ERROR = 0.05
 #: Spots of a group are closer than this many PSF sigmas to one another.
 EXTENDED_LINK_SIGMAS = 3.0
 #: Largest extended-object sigma fitted, in PSF sigmas.

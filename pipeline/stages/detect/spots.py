@@ -28,6 +28,8 @@ from pipeline.stages.detect.params import (
     MODEL_ERROR,
     NOISE_MASK_SNR,
     NOISE_STRIDE,
+    SATURATED_MAX_FRACTION,
+    SATURATED_MIN_PIXELS,
     TILE_SIGMAS,
     WIDTH_BOUNDS_PX,
     WING_SIGMAS,
@@ -64,6 +66,11 @@ class Spots:
         self.background = local_background(self.filter(image), size)
         self.sub = image - self.background
         self.filtered = self.filter(self.sub)
+        top = float(image.max()) if image.size else 0.0
+        n_top = int(np.count_nonzero(image == top)) if image.size else 0
+        #: pixel weights of the fits: saturated pixels (the frame's maximum, held by a few pixels) left out
+        self.valid = (image != top).astype(float) \
+            if SATURATED_MIN_PIXELS <= n_top <= SATURATED_MAX_FRACTION * image.size else None
         self.level, self.spread = self._noise()
 
     def filter(self, image: np.ndarray) -> np.ndarray:
@@ -126,7 +133,8 @@ class Spots:
         y, x = self.psf_candidates()
         if len(y) == 0:
             return np.zeros(0)
-        fit = Fit(self.sub, y, x, self.initial_flux(y, x), self.sigma, self.half + 2, fit_width=True)
+        fit = Fit(self.sub, y, x, self.initial_flux(y, x), self.sigma, self.half + 2, valid=self.valid,
+                  fit_width=True)
         fit.run(FIT_SWEEPS)
         return fit.sigma[fit.converged()]
 
@@ -141,7 +149,7 @@ class Spots:
         """Find, fit and deblend the spots."""
         z = self.significance(self.filtered)
         y, x = self.peaks(self.filtered, z, separation)
-        fit = Fit(self.sub, y, x, self.initial_flux(y, x), self.sigma, self.half)
+        fit = Fit(self.sub, y, x, self.initial_flux(y, x), self.sigma, self.half, valid=self.valid)
         fit.run(FIT_SWEEPS)
         for _ in range(DEBLEND_ROUNDS):
             changed = False
@@ -239,15 +247,19 @@ class Spots:
 
         Spots closer than EXTENDED_LINK_SIGMAS PSF sigmas form groups; each group
         of at least EXTENDED_MIN_SPOTS is refitted, alone (the other spots'
-        models subtracted), once as its spots and once as one Gaussian of free
-        width. It is one object when that width is at least
-        EXTENDED_SIGMA_RATIO PSF sigmas and the spots lower the residual sum of
-        squares by less than ``max(min_snr, MIN_SPLIT_SNR)**2`` per extra spot,
+        models subtracted), as its spots, as one Gaussian of free width, and
+        (groups of 3 or more) as a core (a PSF spot at the brightest member)
+        in a halo (a Gaussian of free width, at least 2 PSF sigmas: a bright
+        endosome in a diffuse cloud). It is one object when that width is at
+        least EXTENDED_SIGMA_RATIO PSF sigmas and the spots lower the residual
+        sum of squares by less than ``max(min_snr, MIN_SPLIT_SNR)**2`` per
+        extra spot (beyond the one or two components),
         in units of the pixel noise variance plus EXTENDED_MODEL_ERROR of the
         object's peak, squared (a blob is not exactly Gaussian; separate point
         spots leave residuals of their full peak height). The group's spots
-        are removed from ``fit``; returns the objects as a :class:`Fit`
-        (their ``sigma`` fitted).
+        are removed from ``fit``; returns the objects as a :class:`Fit`, one
+        Gaussian each (the core + halo as its flux-weighted centre and
+        second-moment sigma).
         """
         n = len(fit.y)
         empty = Fit(self.sub, np.zeros(0), np.zeros(0), np.zeros(0), self.sigma, self.half, fit_width=True)
@@ -285,7 +297,7 @@ class Spots:
         rows = (py[:, None] + grid + half + 1)[:, :, None]
         cols = (px[:, None] + grid + half + 1)[:, None, :]
         stamps = residual[rows, cols] + own_model[rows, cols]
-        inside = np.pad(np.ones(self.image.shape), half + 1)[rows, cols]
+        inside = np.pad(np.ones(self.image.shape) if self.valid is None else self.valid, half + 1)[rows, cols]
         mosaic = Mosaic(stamps, inside, self.sigma, half)
         centre = float(half)
         my, mx, mflux, mok, rss_multi, _ = mosaic.fit(fit.y[member] - py[block] + centre,
@@ -294,21 +306,46 @@ class Spots:
         sy, sx, sflux, sok, rss_single, swidth = mosaic.fit(cy - py + centre, cx - px + centre, total,
                                                             fit_width=True, sigma=float(np.median(start_sigma)),
                                                             half=half)
+        # core + halo: a PSF spot at the brightest member and a wide Gaussian at the centroid
+        order = np.lexsort((-fit.flux[member], block))
+        core = order[np.r_[0, np.flatnonzero(np.diff(block[order])) + 1]]
+        two_y = np.r_[fit.y[member][core] - py + centre, cy - py + centre]
+        two_x = np.r_[fit.x[member][core] - px + centre, cx - px + centre]
+        two_flux = np.r_[fit.flux[member][core], np.maximum(total - fit.flux[member][core], 1e-9)]
+        g = len(groups)
+        hy, hx, hflux, hok, rss_halo, hwidth = mosaic.fit(
+            two_y, two_x, two_flux, block=np.r_[np.arange(g), np.arange(g)], half=half,
+            fit_width=np.r_[np.zeros(g, bool), np.ones(g, bool)],
+            sigma=np.r_[np.full(g, self.sigma), np.maximum(start_sigma, 2 * self.sigma)])
         pixel_noise = self.spread[py, px] / float(self.kernel @ self.kernel)
         peak = sflux * np.array([centred_peak_fraction(s) for s in swidth])
-        gain = (rss_single - rss_multi) / (pixel_noise**2 + (EXTENDED_MODEL_ERROR * peak) ** 2)
+        variance = pixel_noise**2 + (EXTENDED_MODEL_ERROR * peak) ** 2
         k = sizes[groups]
-        accept = sok & (swidth >= EXTENDED_SIGMA_RATIO * self.sigma) & (swidth < min(max_sigma, WIDTH_BOUNDS_PX[1]))
-        accept &= gain < (k - 1) * max(self.min_snr, MIN_SPLIT_SNR) ** 2
+        per_spot = max(self.min_snr, MIN_SPLIT_SNR) ** 2
+        gain_single = (rss_single - rss_multi) / variance
+        gain_halo = (rss_halo - rss_multi) / variance
+        wide = min(max_sigma, WIDTH_BOUNDS_PX[1])
+        single = sok & (swidth >= EXTENDED_SIGMA_RATIO * self.sigma) & (swidth < wide) & (gain_single < (k - 1) * per_spot)
+        c, h = np.arange(g), np.arange(g, 2 * g)
+        halo = (k >= 3) & hok[c] & hok[h] & (hwidth[h] >= 2 * self.sigma) & (hwidth[h] < wide) \
+            & (gain_halo < (k - 2) * per_spot)
+        halo &= ~single | (gain_halo < gain_single)
+        accept = single | halo
         if not accept.any():
             return empty
+        # one Gaussian per object: the single fit, or the core + halo's moments (flux-weighted)
+        flux2 = hflux[c] + hflux[h]
+        obj_y = np.where(halo, (hflux[c] * hy[c] + hflux[h] * hy[h]) / flux2, sy)
+        obj_x = np.where(halo, (hflux[c] * hx[c] + hflux[h] * hx[h]) / flux2, sx)
+        obj_flux = np.where(halo, flux2, sflux)
+        obj_sigma = np.where(halo, np.sqrt((hflux[c] * self.sigma**2 + hflux[h] * hwidth[h] ** 2) / flux2), swidth)
         keep = np.ones(n, bool)
         keep[member[accept[block]]] = False
         fit.keep(keep)
         objects = Fit(self.sub - fit.model_image(), np.zeros(0), np.zeros(0), np.zeros(0), self.sigma, half,
-                      fit_width=True)
-        objects.add(sy[accept] + py[accept] - centre, sx[accept] + px[accept] - centre, sflux[accept],
-                    swidth[accept])
+                      valid=self.valid, fit_width=True)
+        objects.add(obj_y[accept] + py[accept] - centre, obj_x[accept] + px[accept] - centre, obj_flux[accept],
+                    obj_sigma[accept])
         return objects
 
     # -- helpers ----------------------------------------------------------------
