@@ -43,40 +43,51 @@ def trackpy_features(image: np.ndarray, sub: np.ndarray, y: np.ndarray, x: np.nd
     return out
 
 
-def integrated_intensity(residual: np.ndarray, fit: Fit, idx: np.ndarray) -> np.ndarray:
+def integrated_intensity(image: np.ndarray, others: np.ndarray, fit: Fit, idx: np.ndarray) -> np.ndarray:
     """Background-subtracted sum of each object's pixels in its fit window, image units.
 
-    ``residual`` is the background-subtracted image minus every fitted model;
-    the object's own model is added back and its fitted local offset removed,
-    so neighbours' light does not count and the object's need not be Gaussian.
+    ``others`` is the model of every other fitted object (each object's own
+    model is added back, so neighbours' light does not count and the object
+    need not be Gaussian). The background is the median of the image, minus
+    ``others``, on the 2-px ring just outside the window: measured around the
+    object itself, so an object bigger than the local-background window is
+    not eaten by it.
     """
     if len(idx) == 0:
         return np.zeros(0)
     half = fit.half
-    pad = half + 1
-    padded = np.pad(residual, pad)
-    inside = np.pad(np.ones(residual.shape), pad)
-    grid = np.arange(-half, half + 1)
+    pad = half + 3
+    residual = np.pad(image - others, pad)
+    inside = np.pad(np.ones(image.shape, bool), pad)
+    grid = np.arange(-half - 2, half + 3)
     rows = (fit.cy[idx, None] + grid + pad)[:, :, None]
     cols = (fit.cx[idx, None] + grid + pad)[:, None, :]
     sigma = fit.sigma[idx, None]
     fy = pixel_fraction(fit.cy[idx, None] + grid - fit.y[idx, None], sigma)
     fx = pixel_fraction(fit.cx[idx, None] + grid - fit.x[idx, None], sigma)
     own = fit.flux[idx, None, None] * fy[:, :, None] * fx[:, None, :]
-    values = (padded[rows, cols] + own - fit.offset[idx, None, None]) * inside[rows, cols]
-    return values.sum(axis=(1, 2))
+    values = residual[rows, cols] + own
+    real = inside[rows, cols]
+    ring_mask = np.maximum(np.abs(grid)[:, None], np.abs(grid)[None, :]) > half
+    ring = np.where(real & ring_mask, values, np.nan).reshape(len(idx), -1)
+    has_ring = np.isfinite(ring).any(axis=1)
+    level = np.zeros(len(idx))
+    if has_ring.any():
+        level[has_ring] = np.nanmedian(ring[has_ring], axis=1)
+    core = real & ~ring_mask
+    return ((values - level[:, None, None]) * core).sum(axis=(1, 2))
 
 
 def table(image: np.ndarray, sub: np.ndarray, fits: list[tuple[Fit, np.ndarray]], frame: int,
           pixel_size_um: float, spot_diameter_um: float) -> pd.DataFrame:
     """The detections table (columns :data:`COLUMNS`) of the rows ``idx`` of each ``(fit, idx)``.
 
-    ``sub`` is the background-subtracted image; every fit's models (all its
-    spots, not only the rows kept) are subtracted for the integrated intensity.
+    ``sub`` is the background-subtracted image (for trackpy's
+    characterisation); every fit's models (all its spots, not only the rows
+    kept) are subtracted for the integrated intensity.
     """
-    residual = sub.copy()
-    for fit, _ in fits:
-        residual -= fit.model_image()
+    models = [fit.model_image() for fit, _ in fits]
+    total = np.sum(models, axis=0) if models else np.zeros(image.shape)
     parts = []
     for fit, idx in fits:
         idx = np.asarray(idx, int)
@@ -85,7 +96,7 @@ def table(image: np.ndarray, sub: np.ndarray, fits: list[tuple[Fit, np.ndarray]]
         parts.append(pd.DataFrame({
             "y": fit.y[idx], "x": fit.x[idx], "mass": fit.flux[idx], "signal": fit.flux[idx] * peak,
             "ep": fit.position_error(idx), "size_um": sigma * pixel_size_um,
-            "integrated_intensity": integrated_intensity(residual, fit, idx),
+            "integrated_intensity": integrated_intensity(image, total, fit, idx),
         }))
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({c: [] for c in COLUMNS[1:]})
     y, x = out["y"].to_numpy(float), out["x"].to_numpy(float)

@@ -333,6 +333,12 @@ class Spots:
         accept = single | halo
         if not accept.any():
             return empty
+        oy_img = np.where(halo, (hflux[c] * hy[c] + hflux[h] * hy[h]) / (hflux[c] + hflux[h]), sy) + py - centre
+        ox_img = np.where(halo, (hflux[c] * hx[c] + hflux[h] * hx[h]) / (hflux[c] + hflux[h]), sx) + px - centre
+        accept &= (oy_img >= -0.5) & (oy_img <= self.image.shape[0] - 0.5)
+        accept &= (ox_img >= -0.5) & (ox_img <= self.image.shape[1] - 0.5)
+        if not accept.any():
+            return empty
         # one Gaussian per object: the single fit, or the core + halo's moments (flux-weighted)
         flux2 = hflux[c] + hflux[h]
         obj_y = np.where(halo, (hflux[c] * hy[c] + hflux[h] * hy[h]) / flux2, sy)
