@@ -54,7 +54,8 @@ from pipeline.io.movie import Movie, file_checksum, open_movie
 from pipeline.run.compute import dask_client, frame_chunks, map_tasks, progress, progress_to
 from pipeline.run.config import RunConfig, dump_config
 from pipeline.stages.classify import classify_tracks, summarize_tracks
-from pipeline.stages.detect import DetectParams, detect_frame
+from pipeline.stages.detect import DetectParams, detect_frame, estimate_psf
+from pipeline.stages.detect.params import PSF_FRAMES
 from pipeline.stages.kinetics import cell_kinetics, cell_rates
 from pipeline.stages.link import close_gaps, fill_gaps, link_tracks
 from pipeline.stages.segment import SegmentParams, estimate_diameter_um, segment_frame
@@ -379,10 +380,23 @@ class Run:
         bar.close()
         log.info("track_cells: %d cells over the movie", tracker.next_id - 1)
 
+    def _detect_params(self) -> DetectParams:
+        """The detect config with the PSF width measured once for the movie (when not configured)."""
+        params = self.config.detect
+        if params.psf_sigma_um is not None or self.n_frames == 0:
+            return params
+        picks = np.unique(np.linspace(0, self.n_frames - 1, PSF_FRAMES).round().astype(int))
+        frames = np.stack([np.asarray(self.movie.data[t, self.channels[1], 0]) for t in picks])
+        psf = estimate_psf(frames, pixel_size_um=self.px_um, params=params)
+        if psf.warning():
+            log.warning("detect: %s", psf.warning())
+        log.info("detect: PSF sigma %.3f µm from %d spots on %d frames", psf.sigma_um, psf.n_spots, len(picks))
+        return params.model_copy(update={"psf_sigma_um": psf.sigma_um})
+
     def detect(self, client) -> None:
         chunks = frame_chunks(self.n_frames, self.config.compute.frames_per_task)
         parts = map_tasks(client, _detect_task, chunks, desc="detect particles", spec=self.spec,
-                          channel=self.channels[1], params=self.config.detect)
+                          channel=self.channels[1], params=self._detect_params())
         detections = pd.concat(parts, ignore_index=True)
         log.info("detect: %.1f particles per frame", len(detections) / max(self.n_frames, 1))
         store.write_table(self.path, "detections", detections)
@@ -394,7 +408,7 @@ class Run:
         n_linked = particles["track_id"].nunique()
         particles = close_gaps(particles, **scale)
         n_rows = len(particles)
-        particles = fill_gaps(particles, self.movie.data[:, self.channels[1], 0], detect_params=self.config.detect,
+        particles = fill_gaps(particles, self.movie.data[:, self.channels[1], 0], detect_params=self._detect_params(),
                               **scale)
         log.info("link: %d tracks (%d before gap closing), %d detections recovered in skipped frames",
                  particles["track_id"].nunique(), n_linked, len(particles) - n_rows)
