@@ -21,11 +21,11 @@ from pipeline.stages.detect.params import WIDTH_BOUNDS_PX
 
 VIRUS = Path("/work/data/mosaic_virus_endosomal_transport/virus_gray_even72_TYX.tif")
 PX_UM = 0.1
-#: Frame 0 of the virus movie, counted by hand on an overlay (distinct bright spots and blobs, and dim
-#: spots clearly above the background): about 70. trackpy gives 44-71 with reasonable minmass; the old
-#: detector 122 (aggregates split into 3-8 spots). The tolerance admits the dim spots in the diffuse
-#: halos around bright endosomes that the detector still reports.
-VIRUS_FRAME0_HAND_COUNT = 70
+#: Frame 0 of the virus movie, counted by hand on an overlay PNG: about 75 objects (distinct bright
+#: spots and blobs, and dim spots clearly above the background). trackpy gives 44-71 with reasonable
+#: minmass; the old detector 122 (aggregates and bright spots split into 2-8 spots). The tolerance admits
+#: the dim spots on the diffuse clouds around bright endosomes that the detector still reports (~25).
+VIRUS_FRAME0_HAND_COUNT = 75
 VIRUS_TOLERANCE = 0.45
 
 needs_virus = pytest.mark.skipif(not VIRUS.exists(), reason="virus movie not present")

@@ -367,7 +367,8 @@ class Mosaic:
         ``fit_width`` and ``sigma`` may be given per spot.
 
         Returns y, x (stamp coordinates), flux, converged mask, the residual
-        sum of squares of each stamp and the fitted widths (px).
+        sum of squares of each stamp and the fitted widths (px); the residual
+        and model stamps are kept as ``self.residual`` and ``self.model``.
         """
         block = np.arange(len(y)) % self.n if block is None else np.asarray(block)
         fit = Fit(self.image, np.zeros(0), np.zeros(0), np.zeros(0), self.sigma, self.half if half is None else half,
@@ -378,8 +379,10 @@ class Mosaic:
         fit.run(FIT_SWEEPS)
         count = np.maximum(np.bincount(block, minlength=self.n), 1)
         offset = np.bincount(block, weights=fit.offset, minlength=self.n) / count
-        residual = (self.image - fit.model_image())[self.block_rows, self.block_cols] - offset[:, None, None]
+        model = fit.model_image()[self.block_rows, self.block_cols]
+        residual = self.image[self.block_rows, self.block_cols] - model - offset[:, None, None]
         rss = ((residual * self.valid[self.block_rows, self.block_cols]) ** 2).sum(axis=(1, 2))
+        self.residual, self.model = residual, model
         return fit.y - self.oy[block], fit.x - self.ox[block], fit.flux, fit.converged(), rss, fit.sigma
 
 

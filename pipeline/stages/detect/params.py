@@ -72,7 +72,13 @@ DEBLEND_ROUNDS = 2
 EXTENDED_MIN_SPOTS = 2
 EXTENDED_SIGMA_RATIO = 1.0
 #: Model error of a blob (fraction of its peak) when a Gaussian is compared with its spots.
-EXTENDED_MODEL_ERROR = 0.05
+EXTENDED_MODEL_ERROR = 0.1
+#: Member spots farther than this many fitted object sigmas from its centre must not stand out
+#: in the object model's residual (they are neighbours, not texture).
+EXTENDED_CORE_SIGMAS = 1.5
+#: Two spots are one object when one free-width Gaussian leaves at most this many pixel-noise
+#: variances more residual (2 per parameter the pair has in excess: 3).
+PAIR_MERGE_UNITS = 6.0
 #: Spots of a group are closer than this many PSF sigmas to one another.
 EXTENDED_LINK_SIGMAS = 3.0
 #: Largest extended-object sigma fitted, in PSF sigmas.

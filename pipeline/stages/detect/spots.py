@@ -15,6 +15,7 @@ from pipeline.stages.detect.params import (
     BRIGHT_FOR_PSF,
     CANDIDATE_FRACTION,
     DEBLEND_ROUNDS,
+    EXTENDED_CORE_SIGMAS,
     EXTENDED_LINK_SIGMAS,
     EXTENDED_MAX_SIGMAS,
     EXTENDED_MIN_SPOTS,
@@ -28,6 +29,7 @@ from pipeline.stages.detect.params import (
     MODEL_ERROR,
     NOISE_MASK_SNR,
     NOISE_STRIDE,
+    PAIR_MERGE_UNITS,
     SATURATED_MAX_FRACTION,
     SATURATED_MIN_PIXELS,
     TILE_SIGMAS,
@@ -197,6 +199,11 @@ class Spots:
         if len(cand) == 0:
             return False
         stamps, valid = fit.stamps(cand)
+        if self.valid is not None:  # a saturated core hides any structure: such spots are not split
+            unsaturated = valid.min(axis=(1, 2)) > 0
+            cand, stamps, valid = cand[unsaturated], stamps[unsaturated], valid[unsaturated]
+            if len(cand) == 0:
+                return False
         n, w = len(cand), stamps.shape[1]
         centre = (w - 1) / 2.0
         oy, ox = fit.y[cand] - fit.cy[cand], fit.x[cand] - fit.cx[cand]
@@ -247,19 +254,24 @@ class Spots:
 
         Spots closer than EXTENDED_LINK_SIGMAS PSF sigmas form groups; each group
         of at least EXTENDED_MIN_SPOTS is refitted, alone (the other spots'
-        models subtracted), as its spots, as one Gaussian of free width, and
-        (groups of 3 or more) as a core (a PSF spot at the brightest member)
-        in a halo (a Gaussian of free width, at least 2 PSF sigmas: a bright
-        endosome in a diffuse cloud). It is one object when that width is at
-        least EXTENDED_SIGMA_RATIO PSF sigmas and the spots lower the residual
-        sum of squares by less than ``max(min_snr, MIN_SPLIT_SNR)**2`` per
-        extra spot (beyond the one or two components),
-        in units of the pixel noise variance plus EXTENDED_MODEL_ERROR of the
-        object's peak, squared (a blob is not exactly Gaussian; separate point
-        spots leave residuals of their full peak height). The group's spots
-        are removed from ``fit``; returns the objects as a :class:`Fit`, one
-        Gaussian each (the core + halo as its flux-weighted centre and
-        second-moment sigma).
+        models subtracted), as one Gaussian of free width and (groups of 3 or
+        more) as a core (a PSF spot at the brightest member) in a halo (a
+        Gaussian of free width, at least 2 PSF sigmas: a bright endosome in a
+        diffuse cloud). It is one object when that width is at least
+        EXTENDED_SIGMA_RATIO PSF sigmas, the spots lower the residual sum of
+        squares by less than ``max(min_snr, MIN_SPLIT_SNR)**2`` per extra spot
+        (in units of the pixel noise variance plus MODEL_ERROR of the object's
+        peak, squared: the split test's criterion, reversed; a group of two:
+        by less than PAIR_MERGE_UNITS pixel-noise variances), and no member spot
+        beyond EXTENDED_CORE_SIGMAS of the object's fitted sigma from its centre
+        (structure within it is texture) is significant (``min_snr``) in the residual of that
+        model, the noise of each pixel being the pixel noise plus
+        EXTENDED_MODEL_ERROR of the model there. The last is the test a spot
+        passes to be detected at all, so a dim spot next to a bright one stays
+        a spot
+        of its own. The group's spots are removed from ``fit``; returns the
+        objects as a :class:`Fit`, one Gaussian each (the core + halo as its
+        flux-weighted centre and second-moment sigma).
         """
         n = len(fit.y)
         empty = Fit(self.sub, np.zeros(0), np.zeros(0), np.zeros(0), self.sigma, self.half, fit_width=True)
@@ -300,12 +312,17 @@ class Spots:
         inside = np.pad(np.ones(self.image.shape) if self.valid is None else self.valid, half + 1)[rows, cols]
         mosaic = Mosaic(stamps, inside, self.sigma, half)
         centre = float(half)
-        my, mx, mflux, mok, rss_multi, _ = mosaic.fit(fit.y[member] - py[block] + centre,
-                                                      fit.x[member] - px[block] + centre, fit.flux[member],
-                                                      block=block, half=self.half)
+        rss_multi = mosaic.fit(fit.y[member] - py[block] + centre, fit.x[member] - px[block] + centre,
+                               fit.flux[member], block=block, half=self.half)[4]
         sy, sx, sflux, sok, rss_single, swidth = mosaic.fit(cy - py + centre, cx - px + centre, total,
                                                             fit_width=True, sigma=float(np.median(start_sigma)),
                                                             half=half)
+        pixel_noise = self.spread[py, px] / float(self.kernel @ self.kernel)
+        local_y, local_x = fit.y[member] - py[block] + centre, fit.x[member] - px[block] + centre
+        z_single = self._member_significance(mosaic, block, local_y, local_x, pixel_noise)
+        # structure within the object is its texture; a significant spot on its edge is a neighbour
+        outside = np.hypot(local_y - sy[block], local_x - sx[block]) > EXTENDED_CORE_SIGMAS * swidth[block]
+        z_single = np.where(outside, z_single, -np.inf)
         # core + halo: a PSF spot at the brightest member and a wide Gaussian at the centroid
         order = np.lexsort((-fit.flux[member], block))
         core = order[np.r_[0, np.flatnonzero(np.diff(block[order])) + 1]]
@@ -317,19 +334,28 @@ class Spots:
             two_y, two_x, two_flux, block=np.r_[np.arange(g), np.arange(g)], half=half,
             fit_width=np.r_[np.zeros(g, bool), np.ones(g, bool)],
             sigma=np.r_[np.full(g, self.sigma), np.maximum(start_sigma, 2 * self.sigma)])
-        pixel_noise = self.spread[py, px] / float(self.kernel @ self.kernel)
-        peak = sflux * np.array([centred_peak_fraction(s) for s in swidth])
-        variance = pixel_noise**2 + (EXTENDED_MODEL_ERROR * peak) ** 2
+        z_halo = self._member_significance(mosaic, block, local_y, local_x, pixel_noise)
+        not_core = np.ones(len(member), bool)
+        not_core[core] = False
+        outside = np.hypot(local_y - hy[g + block], local_x - hx[g + block]) > EXTENDED_CORE_SIGMAS * hwidth[g + block]
+        z_halo = np.where(not_core & outside, z_halo, -np.inf)
+        worst_single = np.full(g, -np.inf)
+        worst_halo = np.full(g, -np.inf)
+        np.maximum.at(worst_single, block, z_single)
+        np.maximum.at(worst_halo, block, z_halo)
         k = sizes[groups]
+        peak = sflux * np.array([centred_peak_fraction(s) for s in swidth])
+        variance = pixel_noise**2 + (MODEL_ERROR * peak) ** 2
         per_spot = max(self.min_snr, MIN_SPLIT_SNR) ** 2
-        gain_single = (rss_single - rss_multi) / variance
-        gain_halo = (rss_halo - rss_multi) / variance
         wide = min(max_sigma, WIDTH_BOUNDS_PX[1])
-        single = sok & (swidth >= EXTENDED_SIGMA_RATIO * self.sigma) & (swidth < wide) & (gain_single < (k - 1) * per_spot)
+        single = sok & (swidth >= EXTENDED_SIGMA_RATIO * self.sigma) & (swidth < wide) & (worst_single < self.min_snr)
+        # two spots (the split test found them better than one PSF spot) are one object only if one
+        # Gaussian of free width fits them as well, in pure noise units (2 per parameter saved)
+        single &= np.where(k == 2, (rss_single - rss_multi) / pixel_noise**2 < PAIR_MERGE_UNITS,
+                           (rss_single - rss_multi) / variance < (k - 1) * per_spot)
         c, h = np.arange(g), np.arange(g, 2 * g)
         halo = (k >= 3) & hok[c] & hok[h] & (hwidth[h] >= 2 * self.sigma) & (hwidth[h] < wide) \
-            & (gain_halo < (k - 2) * per_spot)
-        halo &= ~single | (gain_halo < gain_single)
+            & (worst_halo < self.min_snr) & ((rss_halo - rss_multi) / variance < (k - 2) * per_spot) & ~single
         accept = single | halo
         if not accept.any():
             return empty
@@ -353,6 +379,20 @@ class Spots:
         objects.add(obj_y[accept] + py[accept] - centre, obj_x[accept] + px[accept] - centre, obj_flux[accept],
                     obj_sigma[accept])
         return objects
+
+    def _member_significance(self, mosaic: Mosaic, block: np.ndarray, y: np.ndarray, x: np.ndarray,
+                             pixel_noise: np.ndarray) -> np.ndarray:
+        """Matched-filter significance of the residual of ``mosaic``'s last fit at spots (y, x) of stamps
+        ``block``: the noise is the pixel noise plus EXTENDED_MODEL_ERROR of the fitted model, per pixel."""
+        w = mosaic.residual.shape[1]
+        grid = np.arange(w, dtype=float)
+        psf = pixel_fraction(grid[None, :, None] - y[:, None, None], self.sigma) \
+            * pixel_fraction(grid[None, None, :] - x[:, None, None], self.sigma)
+        valid = mosaic.valid[mosaic.block_rows, mosaic.block_cols][block]
+        psf = psf * valid
+        variance = pixel_noise[block, None, None] ** 2 + (EXTENDED_MODEL_ERROR * mosaic.model[block]) ** 2
+        response = (psf * mosaic.residual[block]).sum(axis=(1, 2))
+        return response / np.sqrt(np.maximum((psf**2 * variance).sum(axis=(1, 2)), 1e-300))
 
     # -- helpers ----------------------------------------------------------------
 
