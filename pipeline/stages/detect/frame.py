@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 from pipeline.errors import InputError
 from pipeline.stages.detect.characterise import table
 from pipeline.stages.detect.fit import Fit, pixel
-from pipeline.stages.detect.params import COLUMNS, FIT_SWEEPS, DetectParams
+from pipeline.stages.detect.params import COLUMNS, FIT_SWEEPS, MODEL_ERROR, DetectParams
 from pipeline.stages.detect.psf import estimate_psf
 from pipeline.stages.detect.spots import Spots
 
@@ -165,7 +165,11 @@ def detect_frames(
     """
     if len(frames_3d) == 0:
         return empty_detections()
-    sigma_um = params.psf_sigma_um or estimate_psf(frames_3d, pixel_size_um=pixel_size_um, params=params).sigma_um
+    if params.psf_sigma_um is None:
+        psf = estimate_psf(frames_3d, pixel_size_um=pixel_size_um, params=params)
+        params = params.model_copy(update={"psf_sigma_um": psf.sigma_um,
+                                           "psf_model_error": params.psf_model_error or psf.model_error})
+    sigma_um = params.psf_sigma_um
     tables = [
         detect_frame(image, first_frame + i, pixel_size_um=pixel_size_um, params=params,
                      mask=None if masks is None else masks[i], psf_sigma_um=sigma_um)
@@ -197,12 +201,16 @@ def as_image(image_2d: np.ndarray, frame: int | None = None) -> np.ndarray:
 
 def _prepare(image: np.ndarray, frame: int, pixel_size_um: float, params: DetectParams,
              psf_sigma_um: float | None) -> Spots:
-    """Filtered image and noise at the PSF width: given, or measured on this frame."""
+    """Filtered image and noise at the PSF width and model error: given, or measured on this frame."""
     sigma_um = psf_sigma_um or params.psf_sigma_um
+    model_error = params.psf_model_error
     if sigma_um is None:
-        sigma_um = estimate_psf(image, pixel_size_um=pixel_size_um, params=params).sigma_um
+        psf = estimate_psf(image, pixel_size_um=pixel_size_um, params=params)
+        sigma_um = psf.sigma_um
+        model_error = psf.model_error if model_error is None else model_error
     background_px = (params.background_size_um or 0.0) / pixel_size_um
-    return Spots(image, sigma_um / pixel_size_um, background_px, params.min_snr)
+    return Spots(image, sigma_um / pixel_size_um, background_px, params.min_snr,
+                 MODEL_ERROR if model_error is None else model_error)
 
 
 def _separation_px(spots: Spots, pixel_size_um: float, params: DetectParams) -> float:

@@ -13,7 +13,10 @@ COLUMNS = ("frame", "y", "x", "mass", "size", "ecc", "signal", "raw_mass", "ep",
 
 #: Relative model error assumed when deblending: a residual peak must stand out
 #: against the noise plus this fraction of the fitted spots' filtered intensity.
+#: Measured with the PSF (``PSFEstimate.model_error``, within MODEL_ERROR_BOUNDS);
+#: this value when it is not.
 MODEL_ERROR = 0.05
+MODEL_ERROR_BOUNDS = (0.02, 0.2)
 #: The model error also covers PSF wings: the fitted spots' filtered image is
 #: blurred by this many PSF sigmas before scaling by MODEL_ERROR.
 WING_SIGMAS = 2.0
@@ -103,6 +106,12 @@ class DetectParams(BaseModel):
         description="Gaussian sigma of the point-spread function, µm. Unset: measured from the bright "
         "isolated spots of the movie (once per chunk of frames in a run; falls back to "
         "spot_diameter_um / 4).",
+    )
+    psf_model_error: float | None = Field(
+        None,
+        ge=0,
+        description="Relative misfit of the Gaussian PSF model (RMS residual of a bright spot over its peak). "
+        "Unset: measured with the PSF width (0.05 when not measured).",
     )
     min_snr: float = Field(
         5.0,

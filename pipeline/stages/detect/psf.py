@@ -8,6 +8,8 @@ import numpy as np
 
 from pipeline.stages.detect.params import (
     MIN_SPOTS_FOR_PSF,
+    MODEL_ERROR,
+    MODEL_ERROR_BOUNDS,
     PSF_FRAMES,
     PSF_ROUNDS,
     PSF_TOLERANCE,
@@ -33,6 +35,10 @@ class PSFEstimate:
         Bright isolated spots the last measurement used.
     measured : bool
         False when the frames had fewer than ``MIN_SPOTS_FOR_PSF`` such spots.
+    model_error : float
+        Relative misfit of the Gaussian model on those spots (median RMS residual
+        beyond the noise, over the peak), within ``MODEL_ERROR_BOUNDS``;
+        ``MODEL_ERROR`` when not measured.
     at_bound : bool
         True when the width sits at (within 5 % of) ``WIDTH_BOUNDS_PX``: the data
         do not determine it (hot pixels, no real spots, objects far bigger than
@@ -43,6 +49,7 @@ class PSFEstimate:
     n_spots: int
     measured: bool
     at_bound: bool
+    model_error: float = MODEL_ERROR
 
     def warning(self) -> str | None:
         """A message for the run's QC warnings, or None when the estimate is sound."""
@@ -92,13 +99,14 @@ def estimate_psf(frames: np.ndarray, *, pixel_size_um: float, params: DetectPara
     images = [as_image(frames[i], int(i)) for i in pick]
     guess = params.spot_diameter_um / 4.0 / pixel_size_um
     background_px = (params.background_size_um or 0.0) / pixel_size_um
-    sigma, n_spots, measured = guess, 0, False
+    sigma, n_spots, measured, model_error = guess, 0, False, MODEL_ERROR
     for _ in range(PSF_ROUNDS):
-        widths = np.concatenate([Spots(im, sigma, background_px, params.min_snr).fitted_widths() for im in images]) \
-            if images else np.zeros(0)
+        fits = [Spots(im, sigma, background_px, params.min_snr).fitted_psf() for im in images]
+        widths = np.concatenate([f[0] for f in fits]) if fits else np.zeros(0)
         if len(widths) < MIN_SPOTS_FOR_PSF:
             break
         width = float(np.clip(np.median(widths), *WIDTH_BOUNDS_PX))
+        model_error = float(np.clip(np.median(np.concatenate([f[1] for f in fits])), *MODEL_ERROR_BOUNDS))
         n_spots, measured = len(widths), True
         done = abs(width / sigma - 1.0) <= PSF_TOLERANCE
         sigma = width
@@ -106,7 +114,8 @@ def estimate_psf(frames: np.ndarray, *, pixel_size_um: float, params: DetectPara
             break
     lo, hi = WIDTH_BOUNDS_PX
     at_bound = measured and (sigma <= lo * (1 + BOUND_MARGIN) or sigma >= hi * (1 - BOUND_MARGIN))
-    return PSFEstimate(sigma_um=sigma * pixel_size_um, n_spots=n_spots, measured=measured, at_bound=at_bound)
+    return PSFEstimate(sigma_um=sigma * pixel_size_um, n_spots=n_spots, measured=measured, at_bound=at_bound,
+                       model_error=model_error)
 
 
 def measure_psf_sigma_um(image_2d: np.ndarray, *, pixel_size_um: float, params: DetectParams) -> float | None:

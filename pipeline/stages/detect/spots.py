@@ -51,10 +51,17 @@ class Spots:
         Side of the local-background window, px (never below the smallest that clears a spot).
     min_snr : float
         Detection threshold in noise units of the matched-filtered image.
+    model_error : float
+        Relative misfit of the Gaussian PSF model, measured with the PSF
+        (:func:`pipeline.stages.detect.estimate_psf`); sets how far a residual
+        near a bright spot must stand out to be a spot of its own.
     """
 
-    def __init__(self, image: np.ndarray, sigma: float, background_px: float, min_snr: float):
+    def __init__(self, image: np.ndarray, sigma: float, background_px: float, min_snr: float,
+                 model_error: float = MODEL_ERROR):
         self.image = image
+        #: relative misfit of the Gaussian PSF model (fraction of a spot's peak, per pixel)
+        self.model_error = float(model_error)
         self.sigma = float(sigma)
         self.min_snr = float(min_snr)
         self.half = max(2, int(np.ceil(2.5 * self.sigma)))  # fit window half-width
@@ -129,16 +136,39 @@ class Spots:
         chosen = chosen[np.argsort(-strength[chosen])][:MAX_SPOTS_FOR_PSF]
         return y[chosen], x[chosen]
 
-    def fitted_widths(self) -> np.ndarray:
-        """Free-width fits (px) of the bright isolated spots; the window has room for a spot wider
-        than the current guess, so that repeated measurements walk to the true width."""
+    def fitted_psf(self) -> tuple[np.ndarray, np.ndarray]:
+        """Free-width fits of the bright isolated spots: widths (px) and relative model errors.
+
+        The window has room for a spot wider than the current guess, so that
+        repeated measurements walk to the true width. The model error of a
+        spot is the RMS of its fit residual beyond the pixel noise, over its
+        peak: how far real spots are from the Gaussian model.
+        """
         y, x = self.psf_candidates()
         if len(y) == 0:
-            return np.zeros(0)
+            return np.zeros(0), np.zeros(0)
         fit = Fit(self.sub, y, x, self.initial_flux(y, x), self.sigma, self.half + 2, valid=self.valid,
                   fit_width=True)
         fit.run(FIT_SWEEPS)
-        return fit.sigma[fit.converged()]
+        idx = np.flatnonzero(fit.converged())
+        if len(idx) == 0:
+            return np.zeros(0), np.zeros(0)
+        stamps, valid = fit.stamps(idx)
+        w = stamps.shape[1]
+        grid = np.arange(w) - (w - 1) / 2.0
+        sigma = fit.sigma[idx, None, None]
+        own = fit.flux[idx, None, None] * pixel_fraction(grid[None, :, None] - (fit.y - fit.cy)[idx, None, None], sigma) \
+            * pixel_fraction(grid[None, None, :] - (fit.x - fit.cx)[idx, None, None], sigma)
+        n_px = np.maximum(valid.sum(axis=(1, 2)), 1.0)
+        mean_square = (((stamps - own) * valid) ** 2).sum(axis=(1, 2)) / n_px
+        iy, ix = pixel(fit.y[idx], self.image.shape[0]), pixel(fit.x[idx], self.image.shape[1])
+        pixel_noise = self.spread[iy, ix] / float(self.kernel @ self.kernel)
+        peak = fit.flux[idx] * np.array([centred_peak_fraction(s) for s in fit.sigma[idx]])
+        return fit.sigma[idx], np.sqrt(np.clip(mean_square - pixel_noise**2, 0.0, None)) / peak
+
+    def fitted_widths(self) -> np.ndarray:
+        """Free-width fits (px) of the bright isolated spots (see :meth:`fitted_psf`)."""
+        return self.fitted_psf()[0]
 
     def measure_sigma(self) -> float | None:
         """PSF sigma (px): median of the free-width fits, or None with fewer than MIN_SPOTS_FOR_PSF."""
@@ -171,7 +201,7 @@ class Spots:
         model = self.filter(fit.model_image())
         residual = self.filtered - model
         wings = ndimage.gaussian_filter(model, WING_SIGMAS * self.sigma)
-        inflated = np.sqrt(self.spread**2 + (MODEL_ERROR * np.maximum(model, wings)) ** 2)
+        inflated = np.sqrt(self.spread**2 + (self.model_error * np.maximum(model, wings)) ** 2)
         ny, nx = self.peaks(residual, (residual - self.level) / inflated, separation)
         if len(fit.y) and len(ny):
             far = cKDTree(np.column_stack([fit.y, fit.x])).query(np.column_stack([ny, nx]))[0] >= separation
@@ -210,7 +240,7 @@ class Spots:
         # a pair can only gain what the single spot leaves unexplained: skip spots whose window's
         # residual is within two standard deviations of pure noise plus the required gain
         pixel_noise = self.spread[iy[cand], ix[cand]] / float(self.kernel @ self.kernel)
-        model_error = MODEL_ERROR * fit.flux[cand] * self.peak_fraction
+        model_error = self.model_error * fit.flux[cand] * self.peak_fraction
         grid = np.arange(w) - centre
         own = fit.flux[cand, None, None] * pixel_fraction(grid[None, :, None] - oy[:, None, None], self.sigma) \
             * pixel_fraction(grid[None, None, :] - ox[:, None, None], self.sigma)
@@ -229,7 +259,7 @@ class Spots:
         pair_x = np.concatenate([ox + centre + half_distance * axis[:, 1], ox + centre - half_distance * axis[:, 1]])
         py, px, pflux, pok, rss_pair, _ = mosaic.fit(pair_y, pair_x, np.tile(0.5 * fit.flux[cand], 2))
         pixel_noise = self.spread[iy[cand], ix[cand]] / float(self.kernel @ self.kernel)
-        model_error = MODEL_ERROR * fit.flux[cand] * self.peak_fraction
+        model_error = self.model_error * fit.flux[cand] * self.peak_fraction
         gain = (rss_single - rss_pair) / (pixel_noise**2 + model_error**2)
         a, b = np.arange(n), np.arange(n, 2 * n)
         spread = np.tile(self.spread[iy[cand], ix[cand]], 2)
@@ -345,7 +375,7 @@ class Spots:
         np.maximum.at(worst_halo, block, z_halo)
         k = sizes[groups]
         peak = sflux * np.array([centred_peak_fraction(s) for s in swidth])
-        variance = pixel_noise**2 + (MODEL_ERROR * peak) ** 2
+        variance = pixel_noise**2 + (self.model_error * peak) ** 2
         per_spot = max(self.min_snr, MIN_SPLIT_SNR) ** 2
         wide = min(max_sigma, WIDTH_BOUNDS_PX[1])
         single = sok & (swidth >= EXTENDED_SIGMA_RATIO * self.sigma) & (swidth < wide) & (worst_single < self.min_snr)
