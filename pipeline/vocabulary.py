@@ -1,4 +1,5 @@
-"""The words uptrack uses everywhere: code, store, plugin and docs (see DESIGN.md).
+"""The words uptrack uses everywhere: code, store, plugin and docs (docs/DESIGN.md,
+"Vocabulary").
 
 Zones describe the geometry of one detection in one frame; states describe a
 particle's condition at a frame, decided over its whole track; events are state
@@ -19,6 +20,10 @@ EVENT_OF_TRANSITION = {
     ("vesicular", "released"): "release",
 }
 EVENTS = ("binding", "unbinding", "internalization", "release")
+
+#: What a reviewer's correction does to a track's detections in a frame range: give them a
+#: state, or remove them as not a particle.
+CORRECTION_ACTIONS = ("set_state", "false_track")
 
 #: Colours (hex) used for states in plots, napari layers and reports.
 STATE_COLORS = {

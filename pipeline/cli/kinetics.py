@@ -24,8 +24,9 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from pipeline.io.curation import apply_curation, curation_versions
+    from pipeline.io.curation import curation_versions
     from pipeline.io.results import load_results
+    from pipeline.run.curate import apply_curation
 
     version = apply_curation(args.store, version=args.version)
     if version is None:

@@ -1,4 +1,4 @@
-"""Write one Zarr v3 store per movie (layout: DESIGN.md, "Store"; read it with `pipeline.io.results`).
+"""Write one Zarr v3 store per movie (layout: docs/DESIGN.md, "Store"; read it with `pipeline.io.results`).
 
 Layout::
 
@@ -169,6 +169,23 @@ def update_attrs(path: str | Path, **values) -> None:
     """Set root attributes (JSON-serialisable values) and the ``updated`` timestamp."""
     read_attrs(path)
     zarr.open_group(path, mode="r+", zarr_format=3).attrs.update({**values, "updated": utc_now()})
+
+
+def read_group_attrs(path: str | Path, group: str) -> dict:
+    """Attributes of a group inside a store (empty when the group does not exist)."""
+    target = Path(path) / group
+    if not (target / "zarr.json").exists():
+        return {}
+    return zarr.open_group(target, mode="r", zarr_format=3).attrs.asdict()
+
+
+def update_group_attrs(path: str | Path, group: str, *, remove: tuple[str, ...] = (), **values) -> None:
+    """Set (and first remove) attributes of a group inside a store, creating the group if needed."""
+    node = zarr.open_group(path, mode="r+", zarr_format=3).require_group(group)
+    for key in remove:
+        node.attrs.pop(key, None)
+    if values:
+        node.attrs.update(values)
 
 
 def stages_done(path: str | Path) -> list[str]:

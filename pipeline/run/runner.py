@@ -53,9 +53,9 @@ from pipeline.io.curation import curation_versions
 from pipeline.io.movie import Movie, file_checksum, open_movie
 from pipeline.run.compute import dask_client, frame_chunks, map_tasks, progress, progress_to
 from pipeline.run.config import RunConfig, dump_config
-from pipeline.stages.classify import classify_tracks, summarize_tracks
+from pipeline.stages.classify import classify_tracks
 from pipeline.stages.detect import DetectParams, detect_frame
-from pipeline.stages.kinetics import cell_kinetics, cell_rates
+from pipeline.stages.kinetics import kinetics_tables
 from pipeline.stages.link import close_gaps, fill_gaps, link_tracks
 from pipeline.stages.segment import SegmentParams, estimate_diameter_um, segment_frame
 from pipeline.stages.track_cells import CellTracker, relabel
@@ -416,19 +416,16 @@ class Run:
                                             params=self.config.classify)
         store.write_table(self.path, "particles", particles)
         store.write_table(self.path, "events", events)
-        store.write_table(self.path, "tracks", summarize_tracks(particles))
 
     def kinetics(self, client) -> None:
         particles = store_table(self.path, "particles")
         events = store_table(self.path, "events")
         geometry = cell_geometry(store.open_labels(self.path), pixel_size_um=self.px_um)
-        cells, movie = cell_rates(particles, events, frame_interval_s=self.dt_s,
-                                  params=self.config.kinetics, cells=geometry)
-        ds = cell_kinetics(particles, events, frame_interval_s=self.dt_s, n_frames=self.n_frames,
-                           cell_ids=cells["cell_id"].to_numpy())
-        store.write_kinetics(self.path, ds)
-        store.write_table(self.path, "cells", cells)
-        store.write_table(self.path, "movie", movie)
+        tables = kinetics_tables(particles, events, frame_interval_s=self.dt_s, n_frames=self.n_frames,
+                                 params=self.config.kinetics, cells=geometry)
+        store.write_kinetics(self.path, tables.pop("kinetics"))
+        for name, table in tables.items():
+            store.write_table(self.path, name, table)
 
     def export(self, client) -> None:
         store.write_geff(self.path, store_table(self.path, "particles"),

@@ -1,6 +1,6 @@
 """Per-cell kinetics: state counts over time and rates with exact confidence intervals.
 
-Rates (see DESIGN.md "Rates, honestly estimated")
+Rates (see docs/DESIGN.md "Rates, honestly estimated")
 -------------------------------------------------
 Dwell times are exponential with rate ``k``; tracks end for reasons that are
 not biology (movie end, particle leaves the field, lost track), so they are
@@ -47,7 +47,7 @@ import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import gamma
 
-from pipeline.stages.classify import TIME_SHARE
+from pipeline.stages.classify import TIME_SHARE, summarize_tracks
 from pipeline.vocabulary import BACKGROUND, EVENTS, STATES
 
 __all__ = ["KineticsParams", "cell_kinetics", "cell_rates", "poisson_rate_ci"]
@@ -91,6 +91,47 @@ def poisson_rate_ci(n: np.ndarray, time: np.ndarray, ci_level: float) -> tuple[n
         low = np.where(n > 0, gamma.ppf(alpha / 2, np.maximum(n, 1)), 0.0) / t
         high = gamma.ppf(1 - alpha / 2, n + 1) / t
     return rate, low, high
+
+
+def kinetics_tables(
+    particles: pd.DataFrame,
+    events: pd.DataFrame,
+    *,
+    frame_interval_s: float,
+    n_frames: int,
+    params: KineticsParams,
+    cells: pd.DataFrame | None = None,
+) -> dict:
+    """The back end after classification: tracks, per-cell and pooled rates, per-cell time series.
+
+    The one place the tables that follow from states and events are made: the runner's
+    ``kinetics`` stage, recomputation after curation and the tests' ground-truth stores all
+    call it with the same arguments.
+
+    Parameters
+    ----------
+    particles : DataFrame
+        Classified detections (``track_id``, ``frame``, ``cell_id``, ``state``, ...).
+    events : DataFrame
+        Their events (:func:`pipeline.stages.classify.events_from_states`).
+    frame_interval_s : float
+        Time between frames, s.
+    n_frames : int
+        Frames in the movie.
+    params : KineticsParams
+    cells : DataFrame, optional
+        Cell geometry (:func:`pipeline.stages.zones.cell_geometry`).
+
+    Returns
+    -------
+    dict
+        ``tracks``, ``cells``, ``movie`` (DataFrames, layouts in pipeline/README.md) and
+        ``kinetics`` (xarray.Dataset of :func:`cell_kinetics`).
+    """
+    table, movie = cell_rates(particles, events, frame_interval_s=frame_interval_s, params=params, cells=cells)
+    series = cell_kinetics(particles, events, frame_interval_s=frame_interval_s, n_frames=n_frames,
+                           cell_ids=table["cell_id"].to_numpy())
+    return {"tracks": summarize_tracks(particles), "cells": table, "movie": movie, "kinetics": series}
 
 
 def cell_rates(
