@@ -21,6 +21,14 @@ EVENT_OF_TRANSITION = {
 }
 EVENTS = ("binding", "unbinding", "internalization", "release")
 
+#: The rates uptrack estimates, one row each: (rate column, per minute; the event counted; the
+#: state a particle is in while at risk of that event, whose summed time is the denominator).
+RATES = (
+    ("k_internalization_per_min", "internalization", "membrane_bound"),
+    ("k_release_per_min", "release", "vesicular"),
+    ("k_unbinding_per_min", "unbinding", "membrane_bound"),
+)
+
 #: What a reviewer's correction does to a track's detections in a frame range: give them a
 #: state, or remove them as not a particle.
 CORRECTION_ACTIONS = ("set_state", "false_track")

@@ -44,17 +44,28 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from tqdm.auto import tqdm
 
 from pipeline.errors import InputError
+from pipeline.io import store
+from pipeline.io.movie import TIFF_SUFFIXES
+from pipeline.io.results import TABLE_COLUMNS, load_results
+from pipeline.params import Params
+from pipeline.run.compute import dask_client, job_script, n_worker_processes, progress_to
 from pipeline.run.config import (
     JOBQUEUE_BACKENDS,
     ComputeConfig,
     RunConfig,
-    _resolve_paths,
     format_validation_error,
     read_yaml_mapping,
+    resolve_config_paths,
+    resolve_model_path,
+    resolve_path,
+    set_dotted,
 )
+from pipeline.run.runner import STAGES, Run, log_to_file, movie_stem, run
+from pipeline.stages.segment import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +79,7 @@ STATUS_COLUMNS = ("status", "error", "cell_id", "n_cells")
 TAIL_COLUMNS = ("store", "input_path")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class MovieEntry(_Section):
+class MovieEntry(Params):
     """One ``movies:`` item: a movie file (``path``) or every file matching ``glob``."""
 
     path: Path | None = Field(None, description="A movie file (relative to the batch config).")
@@ -113,7 +120,7 @@ class MovieEntry(_Section):
         return self
 
 
-class BatchOutput(_Section):
+class BatchOutput(Params):
     """Where the stores, logs and summary of a batch go."""
 
     dir: Path = Field(Path("results"), description="Folder for the stores, logs/ and the summary.")
@@ -123,7 +130,7 @@ class BatchOutput(_Section):
         "complete stores of the same config and input are always kept and skipped.")
 
 
-class BatchConfig(_Section):
+class BatchConfig(Params):
     """Everything ``uptrack batch`` needs."""
 
     movies: list[MovieEntry] = Field(min_length=1, description="Movies to run.")
@@ -160,11 +167,6 @@ class BatchConfig(_Section):
 # --- loading --------------------------------------------------------------------------
 
 
-def _resolve(value: str | Path, base: Path) -> str:
-    """An absolute path: ``~`` and ``$VARS`` expanded, relative to ``base``."""
-    return os.path.normpath(base / Path(os.path.expandvars(str(value))).expanduser())
-
-
 def load_batch_config(path: str | Path, overrides: list[str] = ()) -> tuple[BatchConfig, dict]:
     """Read, override and validate a batch config; relative paths are made absolute.
 
@@ -192,28 +194,26 @@ def load_batch_config(path: str | Path, overrides: list[str] = ()) -> tuple[Batc
     for entry in raw.get("movies") or []:
         if isinstance(entry, dict):
             if entry.get("path"):
-                entry["path"] = _resolve(entry["path"], base)
+                entry["path"] = resolve_path(entry["path"], base)
             if entry.get("glob"):
-                entry["glob"] = _resolve(entry["glob"], base)
+                entry["glob"] = resolve_path(entry["glob"], base)
             overrides = entry.get("overrides")
             if isinstance(overrides, dict):  # paths in per-movie settings, as in run:
-                for key in ("segment.model",):
-                    value = overrides.get(key)
-                    if isinstance(value, str) and ("/" in value or (base / value).exists()):
-                        overrides[key] = _resolve(value, base)
+                if isinstance(overrides.get("segment.model"), str):
+                    overrides["segment.model"] = resolve_model_path(overrides["segment.model"], base)
     if isinstance(raw.get("output"), dict) and raw["output"].get("dir"):
-        raw["output"]["dir"] = _resolve(raw["output"]["dir"], base)
+        raw["output"]["dir"] = resolve_path(raw["output"]["dir"], base)
     if raw.get("run_config"):
-        raw["run_config"] = _resolve(raw["run_config"], base)
+        raw["run_config"] = resolve_path(raw["run_config"], base)
     jobqueue = (raw.get("compute") or {}).get("jobqueue") if isinstance(raw.get("compute"), dict) else None
     if isinstance(jobqueue, dict) and jobqueue.get("log_directory") and "$" not in str(jobqueue["log_directory"]):
-        jobqueue["log_directory"] = _resolve(jobqueue["log_directory"], base)
+        jobqueue["log_directory"] = resolve_path(jobqueue["log_directory"], base)
     try:
         config = BatchConfig.model_validate(raw)
     except ValidationError as exc:
         raise InputError(format_validation_error(exc, str(path), root=BatchConfig, what="batch config")) from None
     settings = copy.deepcopy(config.run)
-    _resolve_paths(settings, base)
+    resolve_config_paths(settings, base)
     if config.run_config is not None:
         settings = _merge(_read_run_config(config.run_config), settings)
     return config, settings
@@ -223,7 +223,7 @@ def _read_run_config(path: Path) -> dict:
     """A run config's settings with its paths absolute, minus input.path, output, compute."""
     raw = read_yaml_mapping(path, (), what="run config (run_config: of the batch config)",
                             sections="input:, segment:, detect:, ...")
-    _resolve_paths(raw, path.parent)
+    resolve_config_paths(raw, path.parent)
     raw.pop("output", None)
     raw.pop("compute", None)
     if isinstance(raw.get("input"), dict):
@@ -242,18 +242,7 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _set_dotted(raw: dict, key: str, value: Any, source: str) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise InputError(f"{source}: override {key}: {part} is not a section")
-    node[parts[-1]] = value
-
-
 def _check_metadata_keys(metadata: dict) -> None:
-    from pipeline.io.results import TABLE_COLUMNS
 
     reserved = {*LEAD_COLUMNS, *STATUS_COLUMNS, *TAIL_COLUMNS, *TABLE_COLUMNS["cells"]}
     for key in metadata:
@@ -316,7 +305,6 @@ def find_movies(config: BatchConfig, *, strict: bool = True) -> list[list[Path]]
 
 def _is_movie(path: Path) -> bool:
     """A TIFF file or an OME-Zarr folder (other files a glob catches are left out)."""
-    from pipeline.io.movie import TIFF_SUFFIXES
 
     if path.is_dir():
         return path.suffix.lower() == ".zarr"
@@ -335,9 +323,8 @@ def unmatched_message(index: int, pattern: str) -> str:
 
 
 def _stem(path: Path) -> str:
-    from pipeline.run.runner import _movie_stem
 
-    return _movie_stem(path)
+    return movie_stem(path)
 
 
 def plan_batch(config: BatchConfig, settings: dict, found: list[list[Path]], *,
@@ -378,7 +365,7 @@ def plan_batch(config: BatchConfig, settings: dict, found: list[list[Path]], *,
             raw["output"] = {"dir": str(out), "name": name, "overwrite": config.output.overwrite}
             raw["compute"] = config.compute.model_dump(mode="json")
             for key, value in entry.overrides.items():
-                _set_dotted(raw, key, value, f"{source}: movies[{i}]")
+                set_dotted(raw, key, value, f"{source}: movies[{i}] override")
             try:
                 run_config = RunConfig.model_validate(raw)
             except ValidationError as exc:
@@ -389,7 +376,6 @@ def plan_batch(config: BatchConfig, settings: dict, found: list[list[Path]], *,
     columns: list[str] = []
     for job in jobs:
         columns += [key for key in job.metadata if key not in columns]
-    from pipeline.run.compute import n_worker_processes
 
     at_once = config.movies_at_once or max(1, min(len(jobs), n_worker_processes(config.compute)))
     if config.compute.backend == "sync":
@@ -452,7 +438,6 @@ class BatchDisplay:
     """
 
     def __init__(self, n_movies: int, slots: int, stream=None, live: bool = True):
-        from pipeline.run.runner import STAGES
 
         self.stages = STAGES
         self.stream = stream if stream is not None else sys.stderr
@@ -465,7 +450,6 @@ class BatchDisplay:
         self.bars: dict[int, object] = {}
         self.overall = None
         if self.tty:
-            from tqdm.auto import tqdm
 
             self.overall = tqdm(total=n_movies, desc="movies", unit="movie", position=0,
                                 file=self.stream, leave=True, disable=False)
@@ -477,7 +461,6 @@ class BatchDisplay:
     def message(self, text: str) -> None:
         with self.lock:
             if self.tty:
-                from tqdm.auto import tqdm
 
                 tqdm.write(text, file=self.stream)
             else:
@@ -587,9 +570,6 @@ def run_movie(job: MovieJob, client, *, overwrite: bool, display: BatchDisplay |
     is resumed; a complete store from another config or input is replaced only with
     ``overwrite``.
     """
-    from pipeline.io import store as store_module
-    from pipeline.run.compute import progress_to
-    from pipeline.run.runner import Run, log_to_file, run
 
     start = time.perf_counter()
     job.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -600,23 +580,17 @@ def run_movie(job: MovieJob, client, *, overwrite: bool, display: BatchDisplay |
         with log_to_file(job.log_file):
             log.info("movie %s: %s (metadata %s)", job.name, job.path, job.metadata)
             try:
-                state, old = Run(job.config).inspect_store()
-                if state == "complete":
-                    if old.get("metadata") != job.metadata:
-                        store_module.update_attrs(job.store, metadata=job.metadata)
+                decision = Run(job.config).store_decision(skip_complete=True)
+                if decision.action == "skip":
+                    if store.read_attrs(job.store).get("metadata") != job.metadata:
+                        store.update_attrs(job.store, metadata=job.metadata)
                     note = "complete already, skipped"
                     log.info("%s is complete (same config and input): skipped", job.store)
-                elif state == "other" and old.get("complete") and not overwrite:
-                    raise InputError(
-                        f"{job.store} holds complete results of another config or input; set "
-                        "output.overwrite: true in the batch config to replace them, or "
-                        "choose another output.dir")
-                elif state == "foreign":
-                    raise InputError(f"{job.store} exists and is not an uptrack store; "
-                                     "move it away or choose another output.dir")
+                elif decision.action == "refuse":
+                    raise InputError(decision.reason)
                 else:
-                    if state == "partial":
-                        note = f"resumed after {', '.join(old.get('stages_completed', [])) or 'start'}"
+                    if decision.action == "resume":
+                        note = f"resumed after {', '.join(decision.done) or 'start'}"
                     callbacks = {}
                     if display:
                         callbacks["on_stage"] = lambda stage, done: display.stage(job.name, stage, done)
@@ -650,7 +624,6 @@ def check_models(plan: BatchPlan) -> None:
     InputError
         With the fix (pre-fetch the weights, e.g. on an HPC login node).
     """
-    from pipeline.stages.segment import resolve_model
 
     for model in sorted({job.config.segment.model for job in plan.jobs}):
         resolve_model(model)
@@ -661,7 +634,6 @@ def _client_for(plan: BatchPlan, client) -> Iterator[object | None]:
     if client is not None:
         yield client
         return
-    from pipeline.run.compute import dask_client
 
     with dask_client(plan.compute) as own:
         yield own
@@ -721,7 +693,6 @@ def summary_table(plan: BatchPlan, outcomes: list[MovieOutcome]) -> pd.DataFrame
     stores' ``cells`` table (movie rows: the pooled ``movie`` table), ``store``,
     ``input_path``. A failed movie has its movie row only, with its error.
     """
-    from pipeline.io.results import TABLE_COLUMNS, load_results
 
     rate_columns = [c for c in TABLE_COLUMNS["cells"] if c != "cell_id"]
     frames = []
@@ -795,8 +766,6 @@ def write_table_atomic(table: pd.DataFrame, csv: Path, parquet: Path) -> None:
 
 def describe_plan(plan: BatchPlan) -> str:
     """The work plan as text: compute, each movie and its store's state, outputs (starts nothing)."""
-    from pipeline.run.compute import job_script, n_worker_processes
-    from pipeline.run.runner import Run
 
     c = plan.compute
     lines = [f"uptrack batch: {len(plan.jobs)} movies -> {plan.output_dir}"]
@@ -841,20 +810,12 @@ def _describe_state(job: MovieJob, run_cls) -> tuple[str, str]:
         return "will fail: file not found", "-"
     try:
         runner = run_cls(job.config)
-        state, old = runner.inspect_store()
+        decision = runner.store_decision(skip_complete=True)
     except Exception as exc:
         return f"will fail: {_one_line(exc)[:60]}", "-"
     frames = str(runner.n_frames)
-    if state == "complete":
-        return "complete: skip", frames
-    if state == "partial":
-        done = old.get("stages_completed", [])
-        return f"resume ({len(done)}/8 stages done)", frames
-    if state == "other":
-        if old.get("complete"):
-            return ("replace (other config)" if job.config.output.overwrite
-                    else "will fail: other config's results"), frames
-        return "restart (other config)", frames
-    if state == "foreign":
-        return "will fail: not an uptrack store", frames
-    return "new", frames
+    if decision.action == "resume":
+        return f"resume ({len(decision.done)}/{len(STAGES)} stages done)", frames
+    if decision.action == "refuse":
+        return f"will fail: {decision.label}", frames
+    return {"skip": "complete: skip", "new": "new"}.get(decision.action, decision.label), frames

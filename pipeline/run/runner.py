@@ -92,11 +92,11 @@ def _open_cached(spec: MovieSpec) -> Movie:
 
 def store_path(config: RunConfig) -> Path:
     """Where the run's store goes: ``output.dir / <name>.zarr``."""
-    name = config.output.name or _movie_stem(config.input.path)
+    name = config.output.name or movie_stem(config.input.path)
     return config.output.dir / f"{name}.zarr"
 
 
-def _movie_stem(path: Path) -> str:
+def movie_stem(path: Path) -> str:
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".btf"):
         if name.lower().endswith(suffix):
@@ -215,6 +215,67 @@ def _interrupted_creation(path: Path) -> bool:
 # --- the run -------------------------------------------------------------------------
 
 
+
+@dataclass(frozen=True)
+class StoreDecision:
+    """What a run does with what is at its output path (:func:`decide_store`).
+
+    ``action`` is ``"new"`` (create), ``"resume"`` (continue after ``done`` stages),
+    ``"skip"`` (complete already, same config and input), ``"replace"`` (discard and redo)
+    or ``"refuse"`` (leave it; ``reason`` says why and what to do).
+    """
+
+    action: str
+    reason: str = ""
+    done: tuple[str, ...] = ()
+    label: str = ""  # a few words for the dry run's table
+
+
+def decide_store(path: Path, state: str, old: dict, *, overwrite: bool, skip_complete: bool,
+                 has_curation: bool) -> StoreDecision:
+    """The one rule for an existing store, used by ``uptrack run``, ``uptrack batch`` and the dry run.
+
+    Parameters
+    ----------
+    path : Path
+        The store.
+    state, old : str, dict
+        What :meth:`Run.inspect_store` found.
+    overwrite : bool
+        ``output.overwrite``: complete results may be replaced.
+    skip_complete : bool
+        A complete store of the same config and input is kept and the movie skipped (batch);
+        otherwise it is redone with ``overwrite`` or refused (run).
+    has_curation : bool
+        The store holds reviewers' corrections, which a redo would lose.
+    """
+    if state == "foreign":
+        return StoreDecision("refuse", f"{path} exists and is not an uptrack store; nothing was changed. "
+                                       "Move it away or choose another output.name / output.dir.",
+                             label="not an uptrack store")
+    if state == "complete" and skip_complete:
+        return StoreDecision("skip", "complete already, same config and input")
+    if state == "partial":
+        return StoreDecision("resume", "unfinished run of the same config and input",
+                             tuple(old.get("stages_completed", [])))
+    if state == "none":
+        return StoreDecision("new", "replacing a store whose creation was interrupted" if old or path.exists() else "")
+    if has_curation:
+        return StoreDecision("refuse", f"{path} holds curation records (corrections made in napari); redoing "
+                                       "the run would lose them, so nothing was changed. Move or rename the "
+                                       "store first, or choose another output.name.", label="holds curation records")
+    if old.get("complete") and not overwrite:
+        what = "complete results" if state == "complete" else "complete results of another config or input"
+        return StoreDecision("refuse", f"{path} already holds {what}; nothing was changed. Set output.overwrite: "
+                                       "true (or --set output.overwrite=true) to redo them, or choose another "
+                                       "output.name / output.dir.",
+                             label="other config's results" if state == "other" else "complete results")
+    if state == "other":
+        return StoreDecision("replace", "other config or input",
+                             label="replace (other config)" if old.get("complete") else "restart (other config)")
+    return StoreDecision("replace", "overwrite: true", label="replace (overwrite)")
+
+
 class Run:
     """One movie's run: the open movie, its store, and the stages still to do."""
 
@@ -287,6 +348,12 @@ class Run:
             return "other", old
         return ("complete" if old.get("complete") else "partial"), old
 
+    def store_decision(self, *, skip_complete: bool) -> StoreDecision:
+        """:func:`decide_store` for this run's output path and config."""
+        state, old = self.inspect_store()
+        return decide_store(self.path, state, old, overwrite=self.config.output.overwrite,
+                            skip_complete=skip_complete, has_curation=bool(old) and bool(curation_versions(self.path)))
+
     def open_store(self, metadata: dict | None = None) -> list[str]:
         """Create the store, or reopen an unfinished one made with the same config.
 
@@ -301,26 +368,18 @@ class Run:
         list of str
             Stages already done (resumed from a killed run).
         """
-        state, old = self.inspect_store()
-        if old and curation_versions(self.path):
-            raise InputError(
-                f"{self.path} holds curation records (corrections made in napari); "
-                "redoing the run would lose them, so nothing was changed. Move or rename "
-                "the store first, or choose another output.name."
-            )
-        if old.get("complete") and not self.config.output.overwrite:
-            raise InputError(
-                f"{self.path} already holds complete results; nothing was changed. "
-                "Set output.overwrite: true (or --set output.overwrite=true) to redo "
-                "them, or choose another output.name."
-            )
-        if state == "partial":
+        decision = self.store_decision(skip_complete=False)
+        if decision.action == "refuse":
+            raise InputError(decision.reason)
+        if decision.action == "resume":
+            old = store.read_attrs(self.path)
             if metadata is not None and old.get("metadata") != metadata:
                 store.update_attrs(self.path, metadata=metadata)
             done = store.stages_done(self.path)
             log.info("resuming %s: stages done %s", self.path, ", ".join(done) or "none")
             return done
-        if state == "none" and self.path.exists():
+        old = {} if decision.action == "new" else store.read_attrs(self.path)
+        if decision.action == "new" and self.path.exists():
             log.info("%s: replacing a store whose creation was interrupted", self.path)
             shutil.rmtree(self.path)
         attrs = self._attrs(old)

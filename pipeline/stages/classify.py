@@ -60,11 +60,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy.linalg import expm
 from scipy.special import log_ndtr
 
 from pipeline.errors import UptrackError
+from pipeline.params import Params
 from pipeline.vocabulary import BACKGROUND, EVENT_OF_TRANSITION, STATES
 
 __all__ = ["ClassifyParams", "classify_tracks", "classify_by_zone", "summarize_tracks", "events_from_states",
@@ -113,10 +114,8 @@ def _jump_tables():
 EVENTS_OF_JUMP, TIME_SHARE, _TRANSITIONS_OF_JUMP = _jump_tables()
 
 
-class ClassifyParams(BaseModel):
+class ClassifyParams(Params):
     """Parameters of the temporal model (``classify:`` in a run config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     membrane_sigma_um: float = Field(
         0.25,

@@ -44,21 +44,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy.stats import gamma
 
+from pipeline.params import Params
 from pipeline.stages.classify import TIME_SHARE, summarize_tracks
-from pipeline.vocabulary import BACKGROUND, EVENTS, STATES
+from pipeline.vocabulary import BACKGROUND, EVENTS, RATES, STATES
 
 __all__ = ["KineticsParams", "cell_kinetics", "cell_rates", "poisson_rate_ci"]
 
 _M, _V = STATES.index("membrane_bound"), STATES.index("vesicular")
 
 
-class KineticsParams(BaseModel):
+class KineticsParams(Params):
     """Parameters of the kinetics stage (``kinetics:`` in a run config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     ci_level: float = Field(
         0.95, gt=0, lt=1, description="Confidence level of the rate, half-life and dwell intervals (fraction)."
@@ -296,10 +295,9 @@ def _time_at_risk(particles: pd.DataFrame, dt_min: float) -> tuple[np.ndarray, n
 def _with_estimates(table: pd.DataFrame, ci_level: float) -> pd.DataFrame:
     """Add rates, half-life and dwell (with intervals) from the count and time columns."""
     out = table.copy()
-    for kind, time in (("internalization", "membrane_bound_time_min"), ("release", "vesicular_time_min"),
-                       ("unbinding", "membrane_bound_time_min")):
-        rate, low, high = poisson_rate_ci(out[f"n_{kind}"], out[time], ci_level)
-        out[f"k_{kind}_per_min"], out[f"k_{kind}_per_min_ci_low"], out[f"k_{kind}_per_min_ci_high"] = rate, low, high
+    for column, kind, state in RATES:
+        rate, low, high = poisson_rate_ci(out[f"n_{kind}"], out[f"{state}_time_min"], ci_level)
+        out[column], out[f"{column}_ci_low"], out[f"{column}_ci_high"] = rate, low, high
     with np.errstate(divide="ignore"):
         ln2 = np.log(2.0)
         out["exocytosis_half_life_min"] = ln2 / out["k_release_per_min"]

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from skimage.segmentation import relabel_sequential
 
 from pipeline.errors import InputError
+from pipeline.params import Params
 
 #: Built-in model names of Cellpose 4 (Cellpose 3's are in ``cellpose.models.MODEL_NAMES``).
 CELLPOSE4_MODELS = ("cpsam",)
@@ -31,10 +32,8 @@ CELLPOSE4_MODELS = ("cpsam",)
 FLOW_STEPS_PER_DIAMETER = 2.5
 
 
-class SegmentParams(BaseModel):
+class SegmentParams(Params):
     """Parameters of the cell segmentation stage (``segment:`` in a run config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(
         "cyto3",

@@ -38,19 +38,18 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy.spatial import cKDTree
 
 from pipeline.errors import UptrackError
+from pipeline.params import Params
 from pipeline.vocabulary import BACKGROUND
 
 __all__ = ["ZoneParams", "assign_zones", "zones_for_frame", "cell_geometry"]
 
 
-class ZoneParams(BaseModel):
+class ZoneParams(Params):
     """Parameters of the zones stage (``zones:`` in a run config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     membrane_band_um: float = Field(
         0.5,
