@@ -51,6 +51,7 @@ from pipeline.errors import InputError
 from pipeline.io import store
 from pipeline.io.curation import curation_versions
 from pipeline.io.movie import Movie, file_checksum, open_movie
+from pipeline.io.results import read_table
 from pipeline.run.compute import dask_client, frame_chunks, map_tasks, progress, progress_to
 from pipeline.run.config import RunConfig, dump_config
 from pipeline.stages.classify import classify_tracks
@@ -394,8 +395,6 @@ class Run:
         group = f"{_INPUTS}/{stage}"
         if not (self.path / group / name / "zarr.json").exists():
             store.write_table(self.path, name, store_table(self.path, name), group=group)
-        from pipeline.io.results import read_table
-
         return read_table(self.path, name, group=group)
 
     # stages
@@ -412,16 +411,17 @@ class Run:
             log.warning("segment: no cells found in frame %d; using the model's own diameter", middle)
             return params
         log.info("segment: cell diameter measured on frame %d: %.1f um", middle, diameter)
-        store.update_attrs(self.path, cell_diameter_um=round(diameter, 3))
         return params.model_copy(update={"diameter_um": diameter})
 
     def segment(self, client) -> None:
         shape = (self.n_frames, *self.movie.data.shape[-2:])
         store.create_labels(self.path, shape, name="segmentation")
         chunks = frame_chunks(self.n_frames, self.config.compute.frames_per_task)
+        params = self.segment_params()
+        if self.config.segment.diameter_um is None and params.diameter_um is not None:
+            store.update_attrs(self.path, cell_diameter_um=round(params.diameter_um, 3))
         counts = map_tasks(client, _segment_task, chunks, desc="segment cells", spec=self.spec,
-                           channels=(self.channels[0], self.channels[2]),
-                           params=self.segment_params(), path=str(self.path))
+                           channels=(self.channels[0], self.channels[2]), params=params, path=str(self.path))
         per_frame = [n for chunk in counts for n in chunk]
         log.info("segment: %.1f cells per frame (min %d, max %d)", np.mean(per_frame),
                  min(per_frame), max(per_frame))
@@ -493,8 +493,6 @@ class Run:
 
 def store_table(path: Path, name: str) -> pd.DataFrame:
     """A table of the store being written (incomplete stores included)."""
-    from pipeline.io.results import read_table
-
     return read_table(path, name)
 
 
