@@ -33,7 +33,6 @@ as Dask tasks, on the workers, not in the process that drives the batch.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
@@ -194,25 +193,6 @@ def _comparable(config: dict) -> dict:
     return config
 
 
-def _interrupted_creation(path: Path) -> bool:
-    """A store whose creation was killed before its attributes were written.
-
-    `store.create_store` makes the Zarr group, then writes the attributes: in between,
-    the directory holds only an attribute-less ``zarr.json`` (and maybe an empty
-    ``tables`` group). Nothing else looks like that, so it is safe to replace.
-    """
-    try:
-        meta = json.loads((path / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if meta.get("attributes") or meta.get("node_type") != "group":
-        return False
-    entries = {p.name for p in path.iterdir()}
-    tables = path / "tables"
-    return entries <= {"zarr.json", "tables"} and (
-        not tables.exists() or {p.name for p in tables.iterdir()} <= {"zarr.json"})
-
-
 # --- the run -------------------------------------------------------------------------
 
 
@@ -337,12 +317,10 @@ class Run:
         attrs : dict
             The store's attributes ({} for none and foreign).
         """
-        if not (self.path / "zarr.json").exists():
-            return ("foreign" if self.path.exists() and any(self.path.iterdir()) else "none"), {}
-        try:
-            old = store.read_attrs(self.path)
-        except InputError:
-            return ("none" if _interrupted_creation(self.path) else "foreign"), {}
+        found = store.probe(self.path)
+        if found != "store":
+            return ("none" if found in ("none", "interrupted") else "foreign"), {}
+        old = store.read_attrs(self.path)
         same = (_comparable(old.get("config", {})) == _comparable(dump_config(self.config))
                 and old.get("input_checksum") == self._input_identity(old)["input_checksum"])
         if not same:
@@ -393,7 +371,7 @@ class Run:
     def _stage_input(self, stage: str, name: str) -> pd.DataFrame:
         """Table ``name`` as it was when ``stage`` first started (see the module docstring)."""
         group = f"{_INPUTS}/{stage}"
-        if not (self.path / group / name / "zarr.json").exists():
+        if not store.has_table(self.path, name, group=group):
             store.write_table(self.path, name, store_table(self.path, name), group=group)
         return read_table(self.path, name, group=group)
 
