@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from pipeline.params import Params
 
 #: Columns of a detections table, in order. ``size_um`` (Gaussian sigma of the
 #: object, µm: the PSF's for a point spot, fitted for an extended one) and
@@ -88,10 +90,8 @@ EXTENDED_LINK_SIGMAS = 3.0
 EXTENDED_MAX_SIGMAS = 6.0
 
 
-class DetectParams(BaseModel):
+class DetectParams(Params):
     """Parameters of particle detection (config section ``detect:``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     spot_diameter_um: float = Field(
         0.4,
