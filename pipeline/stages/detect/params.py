@@ -105,9 +105,8 @@ class DetectParams(Params):
     psf_sigma_um: float | None = Field(
         None,
         gt=0,
-        description="Gaussian sigma of the point-spread function, µm. Unset: measured from the bright "
-        "isolated spots of the movie (once per chunk of frames in a run; falls back to "
-        "spot_diameter_um / 4).",
+        description="Gaussian sigma of the point-spread function, µm. Unset: measured once per movie from "
+        "the bright isolated spots of a few frames (falls back to spot_diameter_um / 4, with a warning).",
     )
     psf_model_error: float | None = Field(
         None,
