@@ -132,7 +132,7 @@ def run_regime(name: str, regime: Regime, n_frames: int, rounds: int, before, se
 
     def uptrack():
         psf = estimate_psf(frames, pixel_size_um=PX_UM, params=params)
-        measured = params.model_copy(update={"psf_sigma_um": psf.sigma_um, "psf_model_error": psf.model_error})
+        measured = params.model_copy(update={"psf_sigma_um": psf.sigma_um})
         return pd.concat([detect_frame(im, f, pixel_size_um=PX_UM, params=measured)
                           for f, im in enumerate(frames)], ignore_index=True), psf
 

@@ -429,8 +429,7 @@ class Run:
             log.warning("detect: %s", psf.warning())
         log.info("detect: PSF sigma %.3f µm (model error %.3f) from %d spots on %d frames", psf.sigma_um,
                  psf.model_error, psf.n_spots, len(picks))
-        return params.model_copy(update={"psf_sigma_um": psf.sigma_um,
-                                         "psf_model_error": params.psf_model_error or psf.model_error})
+        return params.model_copy(update={"psf_sigma_um": psf.sigma_um})
 
     def detect(self, client) -> None:
         chunks = frame_chunks(self.n_frames, self.config.compute.frames_per_task)

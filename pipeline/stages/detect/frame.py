@@ -167,8 +167,7 @@ def detect_frames(
         return empty_detections()
     if params.psf_sigma_um is None:
         psf = estimate_psf(frames_3d, pixel_size_um=pixel_size_um, params=params)
-        params = params.model_copy(update={"psf_sigma_um": psf.sigma_um,
-                                           "psf_model_error": params.psf_model_error or psf.model_error})
+        params = params.model_copy(update={"psf_sigma_um": psf.sigma_um})
     sigma_um = params.psf_sigma_um
     tables = [
         detect_frame(image, first_frame + i, pixel_size_um=pixel_size_um, params=params,
@@ -201,13 +200,11 @@ def as_image(image_2d: np.ndarray, frame: int | None = None) -> np.ndarray:
 
 def _prepare(image: np.ndarray, frame: int, pixel_size_um: float, params: DetectParams,
              psf_sigma_um: float | None) -> Spots:
-    """Filtered image and noise at the PSF width and model error: given, or measured on this frame."""
+    """Filtered image and noise at the PSF width (given, or measured on this frame) and model error."""
     sigma_um = psf_sigma_um or params.psf_sigma_um
     model_error = params.psf_model_error
     if sigma_um is None:
-        psf = estimate_psf(image, pixel_size_um=pixel_size_um, params=params)
-        sigma_um = psf.sigma_um
-        model_error = psf.model_error if model_error is None else model_error
+        sigma_um = estimate_psf(image, pixel_size_um=pixel_size_um, params=params).sigma_um
     background_px = (params.background_size_um or 0.0) / pixel_size_um
     return Spots(image, sigma_um / pixel_size_um, background_px, params.min_snr,
                  MODEL_ERROR if model_error is None else model_error)

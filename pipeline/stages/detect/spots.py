@@ -30,6 +30,7 @@ from pipeline.stages.detect.params import (
     NOISE_MASK_SNR,
     NOISE_STRIDE,
     PAIR_MERGE_UNITS,
+    PAIR_SIGMA_RATIO,
     SATURATED_MAX_FRACTION,
     SATURATED_MIN_PIXELS,
     TILE_SIGMAS,
@@ -381,7 +382,8 @@ class Spots:
         single = sok & (swidth >= EXTENDED_SIGMA_RATIO * self.sigma) & (swidth < wide) & (worst_single < self.min_snr)
         # two spots (the split test found them better than one PSF spot) are one object only if one
         # Gaussian of free width fits them as well, in pure noise units (2 per parameter saved)
-        single &= np.where(k == 2, (rss_single - rss_multi) / pixel_noise**2 < PAIR_MERGE_UNITS,
+        single &= np.where(k == 2, ((rss_single - rss_multi) / pixel_noise**2 < PAIR_MERGE_UNITS)
+                           & (swidth >= PAIR_SIGMA_RATIO * self.sigma),
                            (rss_single - rss_multi) / variance < (k - 1) * per_spot)
         c, h = np.arange(g), np.arange(g, 2 * g)
         halo = (k >= 3) & hok[c] & hok[h] & (hwidth[h] >= 2 * self.sigma) & (hwidth[h] < wide) \
