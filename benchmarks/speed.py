@@ -4,7 +4,7 @@ linking throughput of uptrack against plain single-process trackpy.
 Simulates a 512×512 movie, runs the whole pipeline on it with the demo config
 (``configs/sample.yaml``, as ``accuracy.py`` does), reads each stage's wall time from
 the store (``attrs["stage_seconds"]``, written by the runner), then times on the same
-frames, in this one process: uptrack's detection (:func:`pipeline.stages.detect.detect_frame`
+frames, in this one process: uptrack's detection (:func:`pipeline.stages.detect.detect_frames`
 frame by frame) + linking (:func:`pipeline.stages.link.link_tracks`), and
 ``trackpy.batch(processes=1)`` + ``trackpy.link``. Writes the section "Speed" of
 ``benchmarks/RESULTS.md``.
@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import trackpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,7 +37,7 @@ from pipeline.io.results import load_results  # noqa: E402
 from pipeline.run.compute import default_n_workers  # noqa: E402
 from pipeline.run.runner import STAGES, run  # noqa: E402
 from pipeline.sim.simulate import SimulationConfig  # noqa: E402
-from pipeline.stages.detect import detect_frame  # noqa: E402
+from pipeline.stages.detect import detect_frames  # noqa: E402
 from pipeline.stages.link import LinkParams, link_tracks, search_range_px  # noqa: E402
 
 log = logging.getLogger("speed")
@@ -53,10 +52,9 @@ def timed(function, *args, **kwargs):
 
 def uptrack_single_process(frames: np.ndarray, config, *, pixel_size_um: float,
                            frame_interval_s: float) -> tuple[int, float, float]:
-    """uptrack detection frame by frame, then linking: (detections, detect s, link s)."""
-    detections, detect_s = timed(lambda: pd.concat(
-        [detect_frame(frame, t, pixel_size_um=pixel_size_um, params=config.detect) for t, frame in enumerate(frames)],
-        ignore_index=True))
+    """uptrack detection frame by frame (the PSF measured once, as `run` does), then linking:
+    (detections, detect s, link s)."""
+    detections, detect_s = timed(detect_frames, frames, pixel_size_um=pixel_size_um, params=config.detect)
     _, link_s = timed(link_tracks, detections, pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s,
                       params=config.link)
     return len(detections), detect_s, link_s
