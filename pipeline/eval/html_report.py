@@ -206,7 +206,7 @@ def _qc_figures(results, figures: _Figures) -> str:
     ax.set_title(f"frame {frame}: cell outlines, particles by state", fontsize=9)
     ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
     ax.set_axis_off()
-    parts.append(figures.add(fig, "qc_frame", f"Frame {frame}: segmented cell outlines (orange) and detected "
+    parts.append(figures.add(fig, "qc_frame", f"Frame {frame}: segmented cell outlines (red) and detected "
                              "particles coloured by state."))
     fig, ax = plt.subplots(figsize=(6, 6))
     if lab is not None:
@@ -217,9 +217,10 @@ def _qc_figures(results, figures: _Figures) -> str:
     for tid, track in p.sort_values("frame").groupby("track_id"):
         if len(track) > 1:
             ax.plot(track["x"], track["y"], color=STATE_COLORS.get(final.get(tid), "k"), linewidth=0.7, alpha=0.8)
-    if image is not None:
-        ax.set_xlim(0, image.shape[1])
-        ax.set_ylim(image.shape[0], 0)
+    shape = image.shape if image is not None else (lab.shape if lab is not None else None)
+    if shape is not None:
+        ax.set_xlim(0, shape[1])
+        ax.set_ylim(shape[0], 0)
     ax.set_aspect("equal")
     ax.set_title(f"{p['track_id'].nunique() if len(p) else 0} tracks, coloured by final state", fontsize=9)
     ax.set_axis_off()
@@ -274,7 +275,7 @@ def _cell_forest(cells: pd.DataFrame, movie: pd.DataFrame, figures: _Figures) ->
 
 def _survival_rows(summaries: list[dict], horizon_min: float) -> str:
     header = ["group", "curve", "spells", "events", "rate (1/min)", "half-life ln2/k (min)", "KM median (min)",
-              f"% left by {horizon_min:g} min (KM)", f"% by {horizon_min:g} min (exp.)", "fit check"]
+              f"% exited by {horizon_min:g} min (KM)", f"% by {horizon_min:g} min (exp.)", "fit check"]
     rows = []
     for s in summaries:
         verdict = s.get("verdict", "")

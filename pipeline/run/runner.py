@@ -58,6 +58,7 @@ from pipeline.stages.detect import DetectParams, detect_frame
 from pipeline.stages.kinetics import kinetics_tables
 from pipeline.stages.link import close_gaps, fill_gaps, link_tracks
 from pipeline.stages.segment import SegmentParams, estimate_diameter_um, segment_frame
+from pipeline.stages.survival import spells, survival_table
 from pipeline.stages.track_cells import CellTracker, relabel
 from pipeline.stages.zones import ZoneParams, cell_geometry, zones_for_frame
 
@@ -485,6 +486,9 @@ class Run:
         store.write_kinetics(self.path, tables.pop("kinetics"))
         for name, table in tables.items():
             store.write_table(self.path, name, table)
+        spell_table = spells(particles, frame_interval_s=self.dt_s)  # release/retention curves (issue 14)
+        store.write_table(self.path, "spells", spell_table)
+        store.write_table(self.path, "survival", survival_table(spell_table, ci_level=self.config.kinetics.ci_level))
 
     def export(self, client) -> None:
         store.write_geff(self.path, store_table(self.path, "particles"),
