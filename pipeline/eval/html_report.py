@@ -38,6 +38,7 @@ import pandas as pd
 from pipeline import __version__
 from pipeline.eval.compare import compare_conditions
 from pipeline.eval.report import SURVIVAL_PANELS, draw_survival
+from pipeline.stages.motion import MOTION_CLASSES, MotionParams, directed_runs, motion_segments
 from pipeline.stages.survival import spells, survival_table
 from pipeline.vocabulary import RATES, STATE_COLORS, STATES
 
@@ -298,6 +299,43 @@ def _curves(groups: dict[str, pd.DataFrame], figures: _Figures, name: str, capti
     return figures.add(fig, name, caption), summaries
 
 
+def _motion(results, figures: _Figures) -> str:
+    """Motion classes per state, D against the MSD exponent, directed runs (pipeline/stages/motion.py)."""
+    plt = _plt()
+    scale = {"pixel_size_um": results.pixel_size_um, "frame_interval_s": results.frame_interval_s}
+    seg = motion_segments(results.particles, **scale)
+    runs = directed_runs(results.particles, **scale)
+    params = MotionParams()
+    counts = pd.crosstab(seg["state"], seg["motion"]).reindex(columns=list(MOTION_CLASSES), fill_value=0)
+    rows = []
+    for state, row in counts.iterrows():
+        mine = seg[(seg["state"] == state) & (seg["motion"] != "short")]
+        rows.append([state] + [str(int(v)) for v in row] + [_fmt(mine["D_um2_s"].median()), _fmt(mine["alpha"].median())])
+    table = _table(["state", *MOTION_CLASSES, "median D (µm²/s)", "median alpha"], rows)
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    colors = {"immobile": "#555555", "confined": "#2e9d5b", "free": "#1f77b4", "directed": "#d62728"}
+    measured = seg[seg["motion"] != "short"]
+    for motion, g in measured.groupby("motion"):
+        ax.scatter(g["D_um2_s"].clip(lower=1e-6), g["alpha"], s=12, color=colors.get(motion, "k"),
+                   label=f"{motion} ({len(g)})")
+    ax.axvline(params.immobile_D_um2_s, color="k", linewidth=0.8, linestyle=":")
+    for a in (params.confined_alpha, params.directed_alpha):
+        ax.axhline(a, color="k", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("D (µm²/s, linear MSD fit of the first lags)")
+    ax.set_ylabel("MSD exponent alpha")
+    if len(measured):
+        ax.legend(fontsize=7)
+    fig_html = figures.add(fig, "motion", f"Track segments with at least {params.min_detections} detections: "
+                           "diffusion coefficient against MSD exponent; dotted: the class thresholds.")
+    run_text = (f"<p>{len(runs)} directed runs (straight over {params.run_window} frames, at least "
+                f"{params.run_speed_um_s:g} µm/s): median speed {_fmt(runs['speed_um_s'].median())} µm/s, "
+                f"median duration {_fmt(runs['duration_s'].median())} s"
+                + (f", {int((runs['state'] == 'vesicular').sum())} of them vesicular" if len(runs) else "")
+                + ".</p>")
+    return table + fig_html + run_text
+
+
 def write_movie_report(results, path: str | Path | None = None) -> Path:
     """Write the HTML report of one movie (module docstring); default ``<store>.report.html``.
 
@@ -345,6 +383,7 @@ def write_movie_report(results, path: str | Path | None = None) -> Path:
     body += ["<h2>Per-cell rates</h2>", _cell_forest(cells, movie, figures),
              _table(["cell", "area (µm²)"] + [f"n {e}" for _, e, _ in RATES] + [f"{r} [95 % CI]" for r, _, _ in RATES]
                     + ["half-life (min)", "note"], cell_rows, text_cols=1)]
+    body += ["<h2>Motion</h2>", _motion(results, figures)]
     config = json.dumps(results.attrs.get("config", {}), indent=2, default=str)
     body += ["<h2>Run parameters</h2>", f"<details><summary>full config</summary><pre>{html.escape(config)}</pre>"
              "</details>"]

@@ -57,6 +57,7 @@ from pipeline.stages.classify import classify_tracks
 from pipeline.stages.detect import DetectParams, detect_frame
 from pipeline.stages.kinetics import kinetics_tables
 from pipeline.stages.link import close_gaps, fill_gaps, link_tracks
+from pipeline.stages.motion import directed_runs, motion_segments
 from pipeline.stages.segment import SegmentParams, estimate_diameter_um, segment_frame
 from pipeline.stages.survival import spells, survival_table
 from pipeline.stages.track_cells import CellTracker, relabel
@@ -489,6 +490,9 @@ class Run:
         spell_table = spells(particles, frame_interval_s=self.dt_s)  # release/retention curves (issue 14)
         store.write_table(self.path, "spells", spell_table)
         store.write_table(self.path, "survival", survival_table(spell_table, ci_level=self.config.kinetics.ci_level))
+        scale = {"pixel_size_um": self.px_um, "frame_interval_s": self.dt_s}  # motion (issue 14), default thresholds
+        store.write_table(self.path, "motion", motion_segments(particles, **scale))
+        store.write_table(self.path, "runs", directed_runs(particles, **scale))
 
     def export(self, client) -> None:
         store.write_geff(self.path, store_table(self.path, "particles"),
