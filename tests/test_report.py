@@ -34,11 +34,11 @@ def test_movie_report_holds_every_section_and_vector_figures(sample_store):
     path = write_movie_report(results)
     text = path.read_text()
     for section in ("Warnings", "Quality control", "Pooled rates", "Release and retention curves", "Per-cell rates",
-                    "Motion", "Run parameters"):
+                    "Motion", "Aggregates", "Run parameters"):
         assert f"<h2>{section}" in text, section
     assert text.count("data:image/png;base64,") >= 4  # QC frame, tracks, curves, forest plot
     folder = path.with_name(path.stem.replace(".", "_") + "_figures")
-    for name in ("qc_frame", "qc_tracks", "curves", "forest_cells", "motion"):
+    for name in ("qc_frame", "qc_tracks", "curves", "forest_cells", "motion", "aggregates"):
         assert (folder / f"{name}.svg").stat().st_size > 0 and (folder / f"{name}.pdf").stat().st_size > 0
     # every cell of the cells table has its row
     assert text.count("<tr>") >= len(results.cells)

@@ -38,6 +38,7 @@ import pandas as pd
 from pipeline import __version__
 from pipeline.eval.compare import compare_conditions
 from pipeline.eval.report import SURVIVAL_PANELS, draw_survival
+from pipeline.stages.aggregates import label_aggregates, rates_by_label
 from pipeline.stages.motion import MOTION_CLASSES, MotionParams, directed_runs, motion_segments
 from pipeline.stages.survival import spells, survival_table
 from pipeline.vocabulary import RATES, STATE_COLORS, STATES
@@ -336,6 +337,37 @@ def _motion(results, figures: _Figures) -> str:
     return table + fig_html + run_text
 
 
+def _aggregates(results, figures: _Figures) -> str:
+    """Brightness mixture, particles per spot and rates split single / aggregate (pipeline/stages/aggregates.py)."""
+    from scipy.stats import norm
+
+    plt = _plt()
+    p = results.particles
+    if p["track_id"].nunique() < 5 if len(p) else True:
+        return "<p>Too few tracks for the brightness analysis.</p>"
+    labelled, tracks, fit = label_aggregates(p)
+    rates = rates_by_label(labelled, results.events, tracks, frame_interval_s=results.frame_interval_s)
+    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+    x = np.log(tracks["brightness"][tracks["brightness"] > 0])
+    ax.hist(x, bins=40, density=True, color="#bbbbbb")
+    grid = np.linspace(x.min(), x.max(), 300)
+    mu, sigma = np.log(fit["unit_brightness"]), fit["log_sigma"]
+    for k, w in enumerate(fit["weights"], start=1):
+        ax.plot(grid, w * norm.pdf(grid, mu + np.log(k), sigma), label=f"{k} particle{'s' if k > 1 else ''} "
+                f"({100 * w:.0f} %)")
+    ax.set_xlabel(f"ln median {fit['brightness_column']} per track")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
+    fig_html = figures.add(fig, "aggregates", f"Track brightness and the fitted mixture: unit brightness "
+                           f"{fit['unit_brightness']:.4g} ({fit['brightness_column']}), k-particle spots at k times it.")
+    table = _table(["label", "tracks", "n release", "k_release_per_min [95 % CI]", "n internalization",
+                    "k_internalization_per_min [95 % CI]"],
+                   [[r["aggregate_label"], str(int(r["n_tracks"])), str(int(r["n_release"])), _ci(r, "k_release_per_min"),
+                     str(int(r["n_internalization"])), _ci(r, "k_internalization_per_min")]
+                    for _, r in rates.iterrows()])
+    return fig_html + table
+
+
 def write_movie_report(results, path: str | Path | None = None) -> Path:
     """Write the HTML report of one movie (module docstring); default ``<store>.report.html``.
 
@@ -384,6 +416,7 @@ def write_movie_report(results, path: str | Path | None = None) -> Path:
              _table(["cell", "area (µm²)"] + [f"n {e}" for _, e, _ in RATES] + [f"{r} [95 % CI]" for r, _, _ in RATES]
                     + ["half-life (min)", "note"], cell_rows, text_cols=1)]
     body += ["<h2>Motion</h2>", _motion(results, figures)]
+    body += ["<h2>Aggregates</h2>", _aggregates(results, figures)]
     config = json.dumps(results.attrs.get("config", {}), indent=2, default=str)
     body += ["<h2>Run parameters</h2>", f"<details><summary>full config</summary><pre>{html.escape(config)}</pre>"
              "</details>"]

@@ -53,6 +53,7 @@ from pipeline.io.curation import curation_versions
 from pipeline.io.movie import Movie, file_checksum, open_movie
 from pipeline.run.compute import dask_client, frame_chunks, map_tasks, progress, progress_to
 from pipeline.run.config import RunConfig, dump_config
+from pipeline.stages.aggregates import label_aggregates, rates_by_label
 from pipeline.stages.classify import classify_tracks
 from pipeline.stages.detect import DetectParams, detect_frame
 from pipeline.stages.kinetics import kinetics_tables
@@ -493,6 +494,11 @@ class Run:
         scale = {"pixel_size_um": self.px_um, "frame_interval_s": self.dt_s}  # motion (issue 14), default thresholds
         store.write_table(self.path, "motion", motion_segments(particles, **scale))
         store.write_table(self.path, "runs", directed_runs(particles, **scale))
+        if particles["track_id"].nunique() >= 5:  # aggregates (issue 14): brightness mixture, rates by label
+            _, labels, _ = label_aggregates(particles)
+            store.write_table(self.path, "aggregates", labels)
+            store.write_table(self.path, "aggregate_rates", rates_by_label(
+                particles, events, labels, frame_interval_s=self.dt_s, params=self.config.kinetics))
 
     def export(self, client) -> None:
         store.write_geff(self.path, store_table(self.path, "particles"),
