@@ -61,3 +61,13 @@ def test_aggregates_outnumbering_singles_are_not_taken_for_the_unit():
     particles, _ = _tracks(rng, 120, 200, k_single_per_min=0.3, k_aggregate_per_min=0.3)
     _, tracks, fit = label_aggregates(particles)
     assert fit["unit_brightness"] == pytest.approx(UNIT, rel=0.12)
+
+
+def test_a_broad_brightness_distribution_without_aggregates_is_all_singles():
+    rng = np.random.default_rng(8)
+    particles, _ = _tracks(rng, 300, 0, k_single_per_min=0.3, k_aggregate_per_min=0.3, sigma_log=0.4)
+    particles["mass"] = particles["mass"] * np.exp(rng.normal(0, 0.3, len(particles["track_id"].unique())))[
+        particles["track_id"].to_numpy()]  # wide spread between tracks too
+    _, tracks, fit = label_aggregates(particles)
+    assert fit["model"] == "single"
+    assert (tracks["aggregate_label"] == "single").mean() >= 0.95
