@@ -81,3 +81,37 @@ def test_movie_report_renders_in_headless_chromium(sample_store, tmp_path):
     assert rows_with_ink > 0.3
     colours = np.unique((image[::7, ::7] // 32).reshape(-1, 3), axis=0)
     assert len(colours) > 20  # state colours, figures: not a grey error page
+
+
+def test_uptrack_run_ends_with_the_report_and_stores_the_new_tables(tmp_path, capsys):
+    """End to end on a tiny simulated movie with a marker channel: the real runner, then the CLI's report."""
+    import yaml
+
+    from pipeline.cli.app import main
+    from pipeline.io.results import read_table
+    from pipeline.sim.markers import MarkerConfig, add_marker_channel
+    from pipeline.sim.simulate import SimulationConfig, simulate, write_simulation
+
+    root = Path(__file__).resolve().parents[1]
+    sim, _ = add_marker_channel(simulate(SimulationConfig(seed=5, shape=(128, 128), n_frames=16, n_cells=2,
+                                                          cell_radius_um=(4.0, 6.0))),
+                                MarkerConfig(name="lysosome", k_arrival_per_min=2.0))
+    movie = write_simulation(sim, tmp_path, "tiny")["movie"]
+    raw = yaml.safe_load((root / "configs" / "sample.yaml").read_text())
+    raw["input"]["path"] = str(movie)
+    raw["input"]["channels"]["markers"] = {"lysosome": "lysosome"}
+    raw["segment"]["model"] = str(root / "sample_data" / "models" / "uptrack_cells_cp3")
+    raw["output"] = {"dir": str(tmp_path / "results")}
+    raw["compute"] = {"backend": "sync"}
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(config)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("report:")
+    report = Path(last.split()[1])
+    assert report.is_file() and "<h2>Compartments" in report.read_text()
+    store = tmp_path / "results" / "tiny.zarr"
+    for name in ("spells", "survival", "motion", "runs", "aggregates", "aggregate_rates", "compartments",
+                 "colocalization", "colocalization_over_time"):
+        assert (store / "tables" / name).exists(), name
+    assert set(read_table(store, "survival")["kind"]) == {"release", "membrane_dwell", "internalization"}

@@ -368,6 +368,37 @@ def _aggregates(results, figures: _Figures) -> str:
     return fig_html + table
 
 
+def _stored(results, name: str) -> pd.DataFrame | None:
+    """A table of the store that not every store has (None when absent)."""
+    from pipeline.io.results import read_table
+
+    if not (results.path / "tables" / name).exists():
+        return None
+    return read_table(results.path, name)
+
+
+def _compartments(rates: pd.DataFrame, over_time: pd.DataFrame | None, frame_interval_s: float,
+                  figures: _Figures) -> str:
+    """Arrival rate per compartment and the colocalised fraction over time (pipeline/stages/compartments.py)."""
+    plt = _plt()
+    table = _table(["compartment", "vesicular spells", "arrivals", "k_arrival (1/min) [95 % CI]",
+                    "half-time ln2/k (min)", "KM median (min)"],
+                   [[html.escape(str(r["compartment"])), str(int(r["n_spells"])), str(int(r["n_events"])),
+                     _ci(r, "k_per_min"), _ci(r, "half_life_min"), _ci(r, "km_median_min")]
+                    for _, r in rates.iterrows()])
+    if over_time is None or not len(over_time):
+        return table
+    fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
+    for name, g in over_time.groupby("compartment"):
+        ax.plot(g["frame"] * frame_interval_s / 60, g["fraction"], label=str(name))
+    ax.set_xlabel("time (min)")
+    ax.set_ylabel("fraction of vesicular particles")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    return table + figures.add(fig, "colocalization", "Fraction of vesicular particles in each marker's compartment "
+                               "over time.")
+
+
 def write_movie_report(results, path: str | Path | None = None) -> Path:
     """Write the HTML report of one movie (module docstring); default ``<store>.report.html``.
 
@@ -417,6 +448,10 @@ def write_movie_report(results, path: str | Path | None = None) -> Path:
                     + ["half-life (min)", "note"], cell_rows, text_cols=1)]
     body += ["<h2>Motion</h2>", _motion(results, figures)]
     body += ["<h2>Aggregates</h2>", _aggregates(results, figures)]
+    compartments = _stored(results, "compartments")
+    if compartments is not None and len(compartments):
+        body += ["<h2>Compartments</h2>", _compartments(compartments, _stored(results, "colocalization_over_time"),
+                                                         results.frame_interval_s, figures)]
     config = json.dumps(results.attrs.get("config", {}), indent=2, default=str)
     body += ["<h2>Run parameters</h2>", f"<details><summary>full config</summary><pre>{html.escape(config)}</pre>"
              "</details>"]

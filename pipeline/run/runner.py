@@ -55,6 +55,7 @@ from pipeline.run.compute import dask_client, frame_chunks, map_tasks, progress,
 from pipeline.run.config import RunConfig, dump_config
 from pipeline.stages.aggregates import label_aggregates, rates_by_label
 from pipeline.stages.classify import classify_tracks
+from pipeline.stages.compartments import colocalization_over_time, colocalize, compartment_rates
 from pipeline.stages.detect import DetectParams, detect_frame
 from pipeline.stages.kinetics import kinetics_tables
 from pipeline.stages.link import close_gaps, fill_gaps, link_tracks
@@ -499,6 +500,16 @@ class Run:
             store.write_table(self.path, "aggregates", labels)
             store.write_table(self.path, "aggregate_rates", rates_by_label(
                 particles, events, labels, frame_interval_s=self.dt_s, params=self.config.kinetics))
+        markers = self.config.input.channels.markers  # compartment markers (issue 14)
+        if markers:
+            channels = {name: self.movie.data[:, self.movie.channel_index(ch), 0] for name, ch in markers.items()}
+            coloc = colocalize(particles, channels, params=self.config.compartments)
+            store.write_table(self.path, "colocalization", coloc[["track_id", "frame", *[
+                c for name in markers for c in (f"{name}_enrichment", f"in_{name}")]]])
+            store.write_table(self.path, "compartments", compartment_rates(
+                coloc, list(markers), frame_interval_s=self.dt_s, params=self.config.compartments,
+                ci_level=self.config.kinetics.ci_level))
+            store.write_table(self.path, "colocalization_over_time", colocalization_over_time(coloc, list(markers)))
 
     def export(self, client) -> None:
         store.write_geff(self.path, store_table(self.path, "particles"),
