@@ -52,6 +52,8 @@ TEMPLATE = Path(__file__).with_name("templates") / "report.html"
 FEW_EVENTS = 10
 #: A per-cell interval whose high / low exceeds this is flagged as wide.
 WIDE_CI_FOLD = 10.0
+#: Fewer top-level units (replicates, else movies) per condition than this is flagged in a batch report.
+MIN_TOP_UNITS = 3
 #: Time at which "x % released" is reported, min.
 HORIZON_MIN = 30.0
 
@@ -503,7 +505,19 @@ def write_batch_report(cells: pd.DataFrame, spell_table: pd.DataFrame, results: 
     forest = figures.add(fig, "forest_conditions", "Pooled rate per condition with the hierarchical-bootstrap "
                          "95 % interval.")
     ref = ratios["reference"].iloc[0] if len(ratios) else (conditions[0] if conditions else "")
-    body = ["<h2>Rates per condition</h2>", forest,
+    notes = []
+    for cond in conditions:
+        mine = cells[cells["condition"].astype(str) == cond]
+        by_rep = mine["replicate"].astype(str).ne("").all()
+        top, unit = (mine["replicate"].nunique(), "replicates") if by_rep else (mine["movie"].nunique(), "movies")
+        if top < MIN_TOP_UNITS:
+            notes.append(f"{cond}: only {top} {unit} at the top of the hierarchy; a bootstrap over fewer than "
+                         f"{MIN_TOP_UNITS} units understates the between-replicate spread. Add replicates before "
+                         "trusting the interval.")
+    for _, r in rates.iterrows():
+        if r["n_events"] < FEW_EVENTS:
+            notes.append(f"{r['condition']}, {r['rate']}: only {r['n_events']} events.")
+    body = ["<h2>Warnings</h2>", _warnings_html(notes), "<h2>Rates per condition</h2>", forest,
             _table(["condition", "rate", "movies", "cells", "events", "estimate (1/min)",
                     "95 % CI, hierarchical bootstrap", "95 % CI, Poisson (ignores hierarchy)", "resampled"],
                    [[html.escape(r["condition"]), r["rate"], str(r["n_movies"]), str(r["n_cells"]), str(r["n_events"]),
