@@ -367,7 +367,16 @@ def _aggregates(results, figures: _Figures) -> str:
                    [[r["aggregate_label"], str(int(r["n_tracks"])), str(int(r["n_release"])), _ci(r, "k_release_per_min"),
                      str(int(r["n_internalization"])), _ci(r, "k_internalization_per_min")]
                     for _, r in rates.iterrows()])
-    return fig_html + table
+    state_of = p.groupby("track_id")["state"].agg(lambda v: v.value_counts().index[0])
+    by_state = (tracks.set_index("track_id")["aggregate_label"] == "aggregate").groupby(state_of).mean()
+    note = ""
+    if len(by_state) > 1 and by_state.max() - by_state.min() > 0.4:
+        note = _warnings_html([
+            "The aggregate fraction differs strongly between states (" + ", ".join(
+                f"{k} {100 * v:.0f} %" for k, v in by_state.items()) + "): the brightness measure depends on where "
+            "the particle is (background under cells), so these labels may reflect location, not aggregation. "
+            "Use a locally background-subtracted brightness (integrated_intensity) before trusting them."])
+    return note + fig_html + table
 
 
 def _stored(results, name: str) -> pd.DataFrame | None:
