@@ -8,9 +8,12 @@ changes.
 
 #: Geometry of one detection relative to the nearest cell.
 ZONES = ("inside", "membrane", "outside")
+INSIDE, MEMBRANE, OUTSIDE = ZONES
 
 #: A particle's condition at a frame.
 STATES = ("extracellular", "membrane_bound", "vesicular", "released")
+#: Integer code of each state (its index in STATES), as arrays and the HMM use them.
+STATE_CODE = {state: code for code, state in enumerate(STATES)}
 
 #: State changes, keyed by (from_state, to_state).
 EVENT_OF_TRANSITION = {

@@ -41,6 +41,7 @@ GEFF
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -144,6 +145,44 @@ def _remove_old_store(path: Path, overwrite: bool) -> None:
             "Choose another output path or overwrite it (overwrite=True)."
         )
     shutil.rmtree(path)
+
+
+def probe(path: str | Path) -> str:
+    """What is at ``path``: ``"none"`` (nothing, or an empty folder), ``"interrupted"`` (a store whose
+    creation was killed before its attributes were written: safe to replace), ``"store"`` (an
+    uptrack store: :func:`read_attrs` reads it) or ``"foreign"`` (anything else)."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        return "foreign" if path.exists() and any(path.iterdir()) else "none"
+    try:
+        read_attrs(path)
+    except InputError:
+        return "interrupted" if _interrupted_creation(path) else "foreign"
+    return "store"
+
+
+def has_table(path: str | Path, name: str, *, group: str = TABLES) -> bool:
+    """Whether the store holds table ``name`` in ``group``."""
+    return (Path(path) / group / name / "zarr.json").exists()
+
+
+def _interrupted_creation(path: Path) -> bool:
+    """A store whose creation was killed before its attributes were written.
+
+    `create_store` makes the Zarr group, then writes the attributes: in between,
+    the directory holds only an attribute-less ``zarr.json`` (and maybe an empty
+    ``tables`` group). Nothing else looks like that, so it is safe to replace.
+    """
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get("attributes") or meta.get("node_type") != "group":
+        return False
+    entries = {p.name for p in path.iterdir()}
+    tables = path / "tables"
+    return entries <= {"zarr.json", "tables"} and (
+        not tables.exists() or {p.name for p in tables.iterdir()} <= {"zarr.json"})
 
 
 def read_attrs(path: str | Path) -> dict:

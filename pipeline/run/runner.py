@@ -33,7 +33,6 @@ as Dask tasks, on the workers, not in the process that drives the batch.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
@@ -51,6 +50,7 @@ from pipeline.errors import InputError
 from pipeline.io import store
 from pipeline.io.curation import curation_versions
 from pipeline.io.movie import Movie, file_checksum, open_movie
+from pipeline.io.results import read_table
 from pipeline.run.compute import dask_client, frame_chunks, map_tasks, progress, progress_to
 from pipeline.run.config import RunConfig, dump_config
 from pipeline.stages.aggregates import label_aggregates, rates_by_label
@@ -197,25 +197,6 @@ def _comparable(config: dict) -> dict:
     return config
 
 
-def _interrupted_creation(path: Path) -> bool:
-    """A store whose creation was killed before its attributes were written.
-
-    `store.create_store` makes the Zarr group, then writes the attributes: in between,
-    the directory holds only an attribute-less ``zarr.json`` (and maybe an empty
-    ``tables`` group). Nothing else looks like that, so it is safe to replace.
-    """
-    try:
-        meta = json.loads((path / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if meta.get("attributes") or meta.get("node_type") != "group":
-        return False
-    entries = {p.name for p in path.iterdir()}
-    tables = path / "tables"
-    return entries <= {"zarr.json", "tables"} and (
-        not tables.exists() or {p.name for p in tables.iterdir()} <= {"zarr.json"})
-
-
 # --- the run -------------------------------------------------------------------------
 
 
@@ -340,12 +321,10 @@ class Run:
         attrs : dict
             The store's attributes ({} for none and foreign).
         """
-        if not (self.path / "zarr.json").exists():
-            return ("foreign" if self.path.exists() and any(self.path.iterdir()) else "none"), {}
-        try:
-            old = store.read_attrs(self.path)
-        except InputError:
-            return ("none" if _interrupted_creation(self.path) else "foreign"), {}
+        found = store.probe(self.path)
+        if found != "store":
+            return ("none" if found in ("none", "interrupted") else "foreign"), {}
+        old = store.read_attrs(self.path)
         same = (_comparable(old.get("config", {})) == _comparable(dump_config(self.config))
                 and old.get("input_checksum") == self._input_identity(old)["input_checksum"])
         if not same:
@@ -396,10 +375,8 @@ class Run:
     def _stage_input(self, stage: str, name: str) -> pd.DataFrame:
         """Table ``name`` as it was when ``stage`` first started (see the module docstring)."""
         group = f"{_INPUTS}/{stage}"
-        if not (self.path / group / name / "zarr.json").exists():
+        if not store.has_table(self.path, name, group=group):
             store.write_table(self.path, name, store_table(self.path, name), group=group)
-        from pipeline.io.results import read_table
-
         return read_table(self.path, name, group=group)
 
     # stages
@@ -416,16 +393,17 @@ class Run:
             log.warning("segment: no cells found in frame %d; using the model's own diameter", middle)
             return params
         log.info("segment: cell diameter measured on frame %d: %.1f um", middle, diameter)
-        store.update_attrs(self.path, cell_diameter_um=round(diameter, 3))
         return params.model_copy(update={"diameter_um": diameter})
 
     def segment(self, client) -> None:
         shape = (self.n_frames, *self.movie.data.shape[-2:])
         store.create_labels(self.path, shape, name="segmentation")
         chunks = frame_chunks(self.n_frames, self.config.compute.frames_per_task)
+        params = self.segment_params()
+        if self.config.segment.diameter_um is None and params.diameter_um is not None:
+            store.update_attrs(self.path, cell_diameter_um=round(params.diameter_um, 3))
         counts = map_tasks(client, _segment_task, chunks, desc="segment cells", spec=self.spec,
-                           channels=(self.channels[0], self.channels[2]),
-                           params=self.segment_params(), path=str(self.path))
+                           channels=(self.channels[0], self.channels[2]), params=params, path=str(self.path))
         per_frame = [n for chunk in counts for n in chunk]
         log.info("segment: %.1f cells per frame (min %d, max %d)", np.mean(per_frame),
                  min(per_frame), max(per_frame))
@@ -518,8 +496,6 @@ class Run:
 
 def store_table(path: Path, name: str) -> pd.DataFrame:
     """A table of the store being written (incomplete stores included)."""
-    from pipeline.io.results import read_table
-
     return read_table(path, name)
 
 

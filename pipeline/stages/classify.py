@@ -66,12 +66,12 @@ from scipy.special import log_ndtr
 
 from pipeline.errors import UptrackError
 from pipeline.params import Params
-from pipeline.vocabulary import BACKGROUND, EVENT_OF_TRANSITION, STATES
+from pipeline.vocabulary import BACKGROUND, EVENT_OF_TRANSITION, INSIDE, MEMBRANE, STATE_CODE, STATES
 
 __all__ = ["ClassifyParams", "classify_tracks", "classify_by_zone", "summarize_tracks", "events_from_states",
            "EVENTS_OF_JUMP", "TIME_SHARE"]
 
-E, M, V, R = (STATES.index(s) for s in ("extracellular", "membrane_bound", "vesicular", "released"))
+E, M, V, R = (STATE_CODE[s] for s in ("extracellular", "membrane_bound", "vesicular", "released"))
 #: The only order in which states can follow each other (M → E aside).
 _FORWARD = (E, M, V, R)
 
@@ -256,7 +256,7 @@ def classify_by_zone(particles: pd.DataFrame, *, frame_interval_s: float) -> tup
     """
     _require(particles, ("track_id", "frame", "cell_id", "zone"))
     zone = particles["zone"].to_numpy()
-    states = np.select([zone == "inside", zone == "membrane"], [V, M], E)
+    states = np.select([zone == INSIDE, zone == MEMBRANE], [V, M], E)
     order = np.lexsort((particles["frame"].to_numpy(), particles["track_id"].to_numpy()))
     sorted_states = states[order]
     was_inside = pd.Series(sorted_states == V).groupby(particles["track_id"].to_numpy()[order]).cummax()

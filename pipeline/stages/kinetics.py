@@ -49,11 +49,11 @@ from scipy.stats import gamma
 
 from pipeline.params import Params
 from pipeline.stages.classify import TIME_SHARE, summarize_tracks
-from pipeline.vocabulary import BACKGROUND, EVENTS, RATES, STATES
+from pipeline.vocabulary import BACKGROUND, EVENTS, RATES, STATE_CODE, STATES
 
 __all__ = ["KineticsParams", "cell_kinetics", "cell_rates", "poisson_rate_ci"]
 
-_M, _V = STATES.index("membrane_bound"), STATES.index("vesicular")
+_M, _V = STATE_CODE["membrane_bound"], STATE_CODE["vesicular"]
 
 
 class KineticsParams(Params):
