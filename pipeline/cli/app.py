@@ -23,6 +23,7 @@ VERBS = {
     "kinetics": "kinetics",
     "evaluate": "evaluate",
     "batch": "batch",
+    "compare": "compare",
 }
 
 

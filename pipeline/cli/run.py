@@ -18,6 +18,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    from pipeline.eval.html_report import write_movie_report
     from pipeline.eval.report import plot_kinetics, summary_text
     from pipeline.io.results import load_results
     from pipeline.run.config import load_config
@@ -32,7 +33,9 @@ def main(args) -> int:
     summary = path.with_suffix(".summary.txt")
     summary.write_text(text)
     figure = plot_kinetics(results, path.with_suffix(".kinetics.png"))
+    report = write_movie_report(results)
     print(text)
     print(f"results: {path}\nsummary: {summary}\nfigure:  {figure}")
     print(f"open in Python: pipeline.load_results({str(path)!r})")
+    print(f"report:  {report}  (open it in a browser)")
     return 0

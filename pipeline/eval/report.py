@@ -175,3 +175,61 @@ def plot_kinetics(results, path: str | Path, *, max_cells: int = 12) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+#: Curves drawn by :func:`draw_survival`: kind -> (panel title, y label, plot 1 - S).
+SURVIVAL_PANELS = {
+    "release": ("release after internalization", "fraction released", True),
+    "membrane_dwell": ("membrane dwell", "fraction still membrane_bound", False),
+}
+
+
+def draw_survival(axes, groups: dict[str, pd.DataFrame], *, ci_level: float = 0.95) -> list[dict]:
+    """Kaplan–Meier curves with bands and their exponential (and two-phase) fits, one colour per group.
+
+    Parameters
+    ----------
+    axes : sequence of matplotlib Axes
+        One per entry of :data:`SURVIVAL_PANELS`.
+    groups : dict
+        Label (movie, condition, cell) -> spells table (:func:`pipeline.stages.survival.spells`).
+    ci_level : float
+
+    Returns
+    -------
+    list of dict
+        The :func:`pipeline.stages.survival.survival_summary` of each (group, kind), with
+        ``group`` and ``kind`` keys.
+    """
+    from pipeline.stages.survival import kaplan_meier, spells_for, survival_summary, two_phase_survival
+
+    summaries = []
+    colors = [f"C{i}" for i in range(10)]
+    for ax, (kind, (title, ylabel, released)) in zip(axes, SURVIVAL_PANELS.items()):
+        for i, (label, table) in enumerate(groups.items()):
+            t, d, _ = spells_for(table, kind)
+            if not len(t):
+                continue
+            color = colors[i % len(colors)]
+            km = kaplan_meier(t, d, ci_level=ci_level)
+            s = survival_summary(t, d, ci_level=ci_level)
+            summaries.append({"group": label, "kind": kind, **s})
+            flip = (lambda v: 1 - v) if released else (lambda v: v)
+            ax.step(km["time_min"], flip(km["survival"]), where="post", color=color,
+                    label=f"{label} (n={s['n_spells']}, {s['n_events']} events)")
+            ax.fill_between(km["time_min"], flip(km["ci_low"]), flip(km["ci_high"]), step="post", color=color,
+                            alpha=0.2, linewidth=0)
+            grid = np.linspace(0, max(s["follow_up_min"], 1e-3), 100)
+            if np.isfinite(s["k_per_min"]):
+                ax.plot(grid, flip(np.exp(-s["k_per_min"] * grid)), "--", color=color, linewidth=1)
+            if s.get("verdict") == "two-phase":
+                fit = {k: s[k] for k in ("p_fast", "k_fast_per_min", "k_slow_per_min")}
+                ax.plot(grid, flip(two_phase_survival(fit, grid)), ":", color=color, linewidth=1.5)
+        ax.set_title(title)
+        ax.set_xlabel("time since entry (min)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.02, 1.02)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, title=f"KM (band: {round(ci_level * 100)}% CI); -- exponential, : two-phase",
+                      title_fontsize=7)
+    return summaries

@@ -20,6 +20,7 @@ from pipeline.errors import InputError
 from pipeline.params import Params
 from pipeline.run.compute import ComputeConfig
 from pipeline.stages.classify import ClassifyParams
+from pipeline.stages.compartments import CompartmentParams
 from pipeline.stages.detect import DetectParams
 from pipeline.stages.kinetics import KineticsParams
 from pipeline.stages.link import LinkParams
@@ -34,6 +35,8 @@ class ChannelsConfig(Params):
     cells: int | str = Field(0, description="Cell stain channel (cytoplasm or membrane).")
     particles: int | str = Field(1, description="Particle / EV channel.")
     nuclei: int | str | None = Field(None, description="Optional nuclear stain channel.")
+    markers: dict[str, int | str] = Field({}, description="Compartment marker channels, name -> channel, e.g. "
+                                          "{lysosome: LysoTracker, early_endosome: 3} (colocalisation, arrival rates).")
 
 
 class InputConfig(Params):
@@ -75,6 +78,7 @@ class RunConfig(Params):
     zones: ZoneParams = ZoneParams()
     classify: ClassifyParams = ClassifyParams()
     kinetics: KineticsParams = KineticsParams()
+    compartments: CompartmentParams = CompartmentParams()
     compute: ComputeConfig = ComputeConfig()
 
 

@@ -53,12 +53,16 @@ from pipeline.io.movie import Movie, file_checksum, open_movie
 from pipeline.io.results import read_table
 from pipeline.run.compute import dask_client, frame_chunks, map_tasks, progress, progress_to
 from pipeline.run.config import RunConfig, dump_config
+from pipeline.stages.aggregates import label_aggregates, rates_by_label
 from pipeline.stages.classify import classify_tracks
+from pipeline.stages.compartments import colocalization_over_time, colocalize, compartment_rates
 from pipeline.stages.detect import DetectParams, detect_frame, estimate_psf
 from pipeline.stages.detect.params import PSF_FRAMES
 from pipeline.stages.kinetics import kinetics_tables
 from pipeline.stages.link import close_gaps, fill_gaps, link_tracks
+from pipeline.stages.motion import directed_runs, motion_segments
 from pipeline.stages.segment import SegmentParams, estimate_diameter_um, segment_frame
+from pipeline.stages.survival import spells, survival_table
 from pipeline.stages.track_cells import CellTracker, relabel
 from pipeline.stages.zones import ZoneParams, cell_geometry, zones_for_frame
 
@@ -478,6 +482,27 @@ class Run:
         store.write_kinetics(self.path, tables.pop("kinetics"))
         for name, table in tables.items():
             store.write_table(self.path, name, table)
+        spell_table = spells(particles, frame_interval_s=self.dt_s)  # release/retention curves (issue 14)
+        store.write_table(self.path, "spells", spell_table)
+        store.write_table(self.path, "survival", survival_table(spell_table, ci_level=self.config.kinetics.ci_level))
+        scale = {"pixel_size_um": self.px_um, "frame_interval_s": self.dt_s}  # motion (issue 14), default thresholds
+        store.write_table(self.path, "motion", motion_segments(particles, **scale))
+        store.write_table(self.path, "runs", directed_runs(particles, **scale))
+        if particles["track_id"].nunique() >= 5:  # aggregates (issue 14): brightness mixture, rates by label
+            _, labels, _ = label_aggregates(particles)
+            store.write_table(self.path, "aggregates", labels)
+            store.write_table(self.path, "aggregate_rates", rates_by_label(
+                particles, events, labels, frame_interval_s=self.dt_s, params=self.config.kinetics))
+        markers = self.config.input.channels.markers  # compartment markers (issue 14)
+        if markers:
+            channels = {name: self.movie.data[:, self.movie.channel_index(ch), 0] for name, ch in markers.items()}
+            coloc = colocalize(particles, channels, params=self.config.compartments)
+            store.write_table(self.path, "colocalization", coloc[["track_id", "frame", *[
+                c for name in markers for c in (f"{name}_enrichment", f"in_{name}")]]])
+            store.write_table(self.path, "compartments", compartment_rates(
+                coloc, list(markers), frame_interval_s=self.dt_s, params=self.config.compartments,
+                ci_level=self.config.kinetics.ci_level))
+            store.write_table(self.path, "colocalization_over_time", colocalization_over_time(coloc, list(markers)))
 
     def export(self, client) -> None:
         store.write_geff(self.path, store_table(self.path, "particles"),

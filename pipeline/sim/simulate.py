@@ -298,7 +298,7 @@ def write_simulation(sim: Simulation, out_dir: str | Path, name: str = "sim") ->
         "PhysicalSizeX": config.pixel_size_um, "PhysicalSizeXUnit": "µm",
         "PhysicalSizeY": config.pixel_size_um, "PhysicalSizeYUnit": "µm",
         "TimeIncrement": config.frame_interval_s, "TimeIncrementUnit": "s",
-        "Channel": {"Name": list(config.channels)},
+        "Channel": {"Name": list(sim.truth.meta.get("channels", config.channels))},  # + marker channels (sim.markers)
     }
     tifffile.imwrite(movie_path, sim.movie, ome=True, photometric="minisblack", compression="zlib",
                      metadata=metadata, software=f"uptrack {__version__}")
