@@ -84,3 +84,22 @@ def test_cellpose_masks_layout_and_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(InputError, match="no annotated images"):
         load_annotated(empty)
+
+
+def test_cli_warns_on_partial_frames_and_scores_held_out_masks(tmp_path, capsys):
+    """`uptrack train-cellpose --validate`: names the partial frame, prints AP per frame."""
+    import argparse
+
+    from pipeline.cli import train_cellpose
+
+    seq = _ctc(tmp_path, {0: 12, 1: 2})
+    parser = argparse.ArgumentParser()
+    train_cellpose.add_arguments(parser)
+    shipped = Path(__file__).resolve().parents[1] / "sample_data" / "models" / "uptrack_cells_cp3"
+    out = tmp_path / "model"
+    out.write_bytes(shipped.read_bytes())
+    args = parser.parse_args([str(out), "--score-only", "--validate", str(seq), "--data", str(seq)])
+    assert train_cellpose.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "man_seg001.tif looks partially annotated" in printed
+    assert printed.count("AP@0.5 ") == 2 + 1  # two frames and the mean
