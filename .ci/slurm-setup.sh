@@ -48,7 +48,9 @@ fi
 
 # --- slurm.conf ----------------------------------------------------------------------
 host=$(hostname -s)
-cpus=$(nproc)
+# every installed CPU: `nproc` obeys OMP_NUM_THREADS (1 inside a process that set it, e.g. pytest with torch),
+# and a node registered with fewer CPUs than a job asks for leaves the job PENDING for ever
+cpus=$(getconf _NPROCESSORS_ONLN)
 # leave some memory to the OS; dask-jobqueue asks for --mem, which must fit RealMemory
 real_mb=$(( $(free -m | awk '/^Mem:/ {print $2}') * 9 / 10 ))
 conf_dir=/etc/slurm

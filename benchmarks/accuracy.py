@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.eval.evaluate import evaluate  # noqa: E402
 from pipeline.io.results import load_results  # noqa: E402
-from pipeline.run.compute import dask_client  # noqa: E402
-from pipeline.run.config import ComputeConfig, RunConfig, config_from_dict  # noqa: E402
+from pipeline.run.compute import ComputeConfig, dask_client  # noqa: E402
+from pipeline.run.config import RunConfig, config_from_dict  # noqa: E402
 from pipeline.run.runner import run  # noqa: E402
 from pipeline.sim.simulate import SimulationConfig, simulate, write_simulation  # noqa: E402
 from pipeline.vocabulary import STATES  # noqa: E402

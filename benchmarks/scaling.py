@@ -32,8 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import machine_line, markdown_table, replace_section  # noqa: E402
 
 from pipeline.run.batch import load_plan, run_batch  # noqa: E402
-from pipeline.run.compute import dask_client  # noqa: E402
-from pipeline.run.config import ComputeConfig  # noqa: E402
+from pipeline.run.compute import (
+    ComputeConfig,  # noqa: E402
+    dask_client,  # noqa: E402
+)
 from pipeline.sim.simulate import SimulationConfig, simulate, write_simulation  # noqa: E402
 
 log = logging.getLogger("scaling")

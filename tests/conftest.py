@@ -18,8 +18,8 @@ from pipeline.io import store
 from pipeline.io.movie import file_checksum
 from pipeline.sim.simulate import SimulationConfig, simulate, write_simulation
 from pipeline.sim.truth import Truth, load_truth
-from pipeline.stages.classify import events_from_states, summarize_tracks
-from pipeline.stages.kinetics import KineticsParams, cell_kinetics, cell_rates
+from pipeline.stages.classify import events_from_states
+from pipeline.stages.kinetics import KineticsParams, kinetics_tables
 from pipeline.stages.zones import cell_geometry
 from pipeline.vocabulary import STATES
 
@@ -83,13 +83,11 @@ def build_store(path: Path, movie_path: Path, truth: Truth) -> Path:
     codes = pd.Categorical(visible["state"], categories=STATES).codes
     particles, events = events_from_states(detections, codes, frame_interval_s=dt_s)
     geometry = cell_geometry(truth.cell_labels, pixel_size_um=px_um)
-    cells, movie = cell_rates(particles, events, frame_interval_s=dt_s, params=KineticsParams(), cells=geometry)
-    kinetics = cell_kinetics(particles, events, frame_interval_s=dt_s, n_frames=n_frames,
-                             cell_ids=cells["cell_id"].to_numpy())
-    for name, table in (("particles", particles), ("events", events), ("tracks", summarize_tracks(particles)),
-                        ("cells", cells), ("movie", movie)):
+    tables = kinetics_tables(particles, events, frame_interval_s=dt_s, n_frames=n_frames, params=KineticsParams(),
+                             cells=geometry)
+    store.write_kinetics(path, tables.pop("kinetics"))
+    for name, table in {"particles": particles, "events": events, **tables}.items():
         store.write_table(path, name, table)
-    store.write_kinetics(path, kinetics)
     for stage in _STAGES:
         store.mark_stage_done(path, stage)
     store.mark_complete(path)

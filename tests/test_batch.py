@@ -26,8 +26,7 @@ from pipeline.cli.app import main as cli_main
 from pipeline.errors import InputError
 from pipeline.io import store
 from pipeline.run.batch import find_movies, load_batch_config, load_plan, plan_batch, run_batch
-from pipeline.run.compute import dask_client, job_script
-from pipeline.run.config import ComputeConfig
+from pipeline.run.compute import ComputeConfig, dask_client, job_script
 from pipeline.run.runner import STAGES, run
 from pipeline.sim.simulate import SimulationConfig, simulate, write_simulation
 

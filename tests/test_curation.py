@@ -8,6 +8,7 @@ from pipeline.cli.app import main as cli
 from pipeline.errors import InputError
 from pipeline.io import curation
 from pipeline.io.results import load_results
+from pipeline.stages.corrections import apply_corrections
 
 
 def _corrections(*rows) -> pd.DataFrame:
@@ -64,7 +65,7 @@ def test_corrections_change_states_in_the_frame_range_and_remove_false_tracks(tr
     tid, first, last = int(track["track_id"]), int(track["first_frame"]), int(track["last_frame"])
     other = int(results.tracks["track_id"].iloc[-1])
     corrections = _corrections((tid, first, last, "set_state", "membrane_bound"), (other, 0, 10**6, "false_track", ""))
-    particles, events = curation.apply_corrections(results.particles, corrections,
+    particles, events = apply_corrections(results.particles, corrections,
                                                    frame_interval_s=results.frame_interval_s)
     assert (particles.loc[particles["track_id"] == tid, "state"] == "membrane_bound").all()
     assert not (events["track_id"] == tid).any()
@@ -74,7 +75,7 @@ def test_corrections_change_states_in_the_frame_range_and_remove_false_tracks(tr
             == results.particles.loc[untouched, "state"].to_numpy()).all()
 
     middle = (first + last) // 2
-    part, _ = curation.apply_corrections(results.particles, _corrections((tid, first, middle, "set_state", "released")),
+    part, _ = apply_corrections(results.particles, _corrections((tid, first, middle, "set_state", "released")),
                                          frame_interval_s=results.frame_interval_s)
     mine = part[part["track_id"] == tid].set_index("frame")["state"]
     assert (mine.loc[:middle] == "released").all()

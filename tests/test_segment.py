@@ -106,3 +106,22 @@ assert len(found) == 2 and found[0] == found[1] and found[0] > 5, found
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_weights_of_another_cellpose_generation_give_a_clear_error(tmp_path):
+    """A weights file whose tensors do not fit the installed Cellpose's network (what a Cellpose 4
+    model is to Cellpose 3, and the other way round) is an InputError naming the file, the
+    installed Cellpose and the fix, not a torch traceback."""
+    import importlib.metadata
+
+    import torch
+
+    from pipeline.stages.segment import load_model
+
+    weights = tmp_path / "cpsam_like"
+    torch.save({"encoder.patch_embed.proj.weight": torch.zeros(8, 3, 16, 16)}, weights)
+    with pytest.raises(InputError) as err:
+        load_model(str(weights), False)
+    message = str(err.value)
+    assert str(weights) in message
+    assert importlib.metadata.version("cellpose") in message and "pip install" in message

@@ -21,7 +21,8 @@ from pipeline import load_results
 from pipeline.cli.app import main as cli_main
 from pipeline.run.runner import run
 
-pytestmark = pytest.mark.slurm
+# a cluster whose jobs never start must fail the test, not hang the suite
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = ROOT / ".ci" / "slurm-setup.sh"

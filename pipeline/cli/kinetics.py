@@ -14,7 +14,6 @@ from pathlib import Path
 HELP = "recompute kinetics with the corrections saved in the store (writes STORE/curated)"
 
 #: Movie-level rates printed before and after.
-_RATES = ("k_internalization_per_min", "k_release_per_min", "k_unbinding_per_min")
 
 
 def add_arguments(parser) -> None:
@@ -24,8 +23,10 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from pipeline.io.curation import apply_curation, curation_versions
+    from pipeline.io.curation import curation_versions
     from pipeline.io.results import load_results
+    from pipeline.run.curate import apply_curation
+    from pipeline.vocabulary import RATES
 
     version = apply_curation(args.store, version=args.version)
     if version is None:
@@ -39,7 +40,7 @@ def main(args) -> int:
     before = load_results(args.store).movie.iloc[0]
     after = load_results(args.store, curated=True).movie.iloc[0]
     print(f"{'movie':<26}{'pipeline':>26}{'curated':>26}")
-    for rate in _RATES:
+    for rate, _, _ in RATES:
         print(f"{rate:<26}{_estimate(before, rate):>26}{_estimate(after, rate):>26}")
     print(f"curated tables: {args.store / 'curated'} (pipeline.load_results(path, curated=True))")
     return 0

@@ -57,14 +57,12 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from pipeline.stages.detect import localization_crlb_px
+from pipeline.stages.track_cells import overlap_iou
 from pipeline.vocabulary import EVENTS, STATES
+from pipeline.vocabulary import RATES as VOCABULARY_RATES
 
-#: Rate -> (event kind, truth column of the time at risk).
-RATES = {
-    "k_internalization_per_min": ("internalization", "membrane_bound_time_s"),
-    "k_release_per_min": ("release", "vesicular_time_s"),
-    "k_unbinding_per_min": ("unbinding", "membrane_bound_time_s"),
-}
+#: Rate -> (event kind, truth column of the time at risk, s), from :data:`pipeline.vocabulary.RATES`.
+RATES = {column: (kind, f"{state}_time_s") for column, kind, state in VOCABULARY_RATES}
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -303,15 +301,9 @@ def tracking_scores(matches: pd.DataFrame, pred: pd.DataFrame, truth_particles: 
 
 def _iou_matches(true: np.ndarray, pred: np.ndarray, min_iou: float) -> tuple[np.ndarray, np.ndarray]:
     """(true ids, predicted ids) of the cell pairs of one frame with IoU >= min_iou."""
-    t, p = true.ravel().astype(np.int64), pred.ravel().astype(np.int64)
-    both = (t > 0) & (p > 0)
-    base = int(p.max()) + 1
-    pairs, overlap = np.unique(t[both] * base + p[both], return_counts=True)
-    ti, pi = np.divmod(pairs, base)
-    area_t, area_p = np.bincount(t), np.bincount(p)
-    iou = overlap / (area_t[ti] + area_p[pi] - overlap)
-    keep = iou >= min_iou
-    return ti[keep], pi[keep]
+    ids_true, ids_pred, iou = overlap_iou(true, pred)
+    rows, cols = np.nonzero(iou >= min_iou)
+    return ids_true[rows].astype(np.int64), ids_pred[cols].astype(np.int64)
 
 
 def cell_id_consistency(pred_frames: Sequence[np.ndarray], true_frames: Sequence[np.ndarray], *,
@@ -377,6 +369,18 @@ def segmentation_scores(pred_labels, true_labels, *, max_frames: int = 25) -> di
 # --- rates -----------------------------------------------------------------------------
 
 
+def true_pooled_rates(truth) -> dict[str, float]:
+    """Realised true rates of a simulation, per min: true events / true time at risk (NaN without time).
+
+    Parameters
+    ----------
+    truth
+        Has ``events`` (``kind``) and ``cells`` (``<state>_time_s``), like :class:`pipeline.sim.truth.Truth`.
+    """
+    counts = truth.events["kind"].value_counts()
+    return {name: _ratio(counts.get(kind, 0), truth.cells[at_risk].sum() / 60) for name, (kind, at_risk) in RATES.items()}
+
+
 def rate_scores(results, truth) -> dict:
     """Pooled rates and event counts against the truth.
 
@@ -400,9 +404,10 @@ def rate_scores(results, truth) -> dict:
     pooled = results.movie.iloc[0] if len(results.movie) else pd.Series(dtype=float)
     true_counts = truth.events["kind"].value_counts()
     est_counts = results.events["kind"].value_counts()
+    true_rates = true_pooled_rates(truth)
     scores = {}
-    for name, (kind, at_risk) in RATES.items():
-        true_rate = _ratio(true_counts.get(kind, 0), truth.cells[at_risk].sum() / 60)
+    for name in RATES:
+        true_rate = true_rates[name]
         configured = truth.meta["config"][name]
         estimate = float(pooled.get(name, math.nan))
         scores[f"{name}_estimated"] = estimate

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.vocabulary import EVENTS, STATE_COLORS, STATES
-
-RATES = ("k_internalization_per_min", "k_release_per_min", "k_unbinding_per_min")
+from pipeline.eval.evaluate import true_pooled_rates
+from pipeline.vocabulary import EVENT_OF_TRANSITION, EVENTS, RATES, STATE_COLORS, STATES
 
 
 def _rate(row, name: str) -> str:
@@ -49,7 +48,7 @@ def summary_text(results, truth=None) -> str:
     ]
     pooled = movie.iloc[0] if len(movie) else pd.Series(dtype=float)
     true_pooled = _true_pooled(truth) if truth is not None else {}
-    for name in RATES:
+    for name, _, _ in RATES:
         line = f"  {name:<28}{_rate(pooled, name):<28}"
         if name in true_pooled:
             line += f"{true_pooled[name]:.3f}"
@@ -90,19 +89,61 @@ def _true_cells(results, truth) -> pd.DataFrame:
 
 
 def _true_pooled(truth) -> dict[str, float]:
-    """Realised true rates of a simulation: true events / true time at risk."""
-    counts = truth.events["kind"].value_counts()
-    cells = truth.cells
-    at_risk_min = {
-        "k_internalization_per_min": ("internalization", cells["membrane_bound_time_s"].sum() / 60),
-        "k_unbinding_per_min": ("unbinding", cells["membrane_bound_time_s"].sum() / 60),
-        "k_release_per_min": ("release", cells["vesicular_time_s"].sum() / 60),
-    }
-    return {name: counts.get(kind, 0) / t for name, (kind, t) in at_risk_min.items() if t > 0}
+    """Realised true rates of a simulation (those with time at risk)."""
+    return {name: rate for name, rate in true_pooled_rates(truth).items() if np.isfinite(rate)}
+
+
+def draw_cell_kinetics(figure, cell_id: int, kinetics, cell: pd.Series, movie: pd.Series) -> None:
+    """Draw one cell's kinetics: particles per state, cumulative events, rates with intervals.
+
+    The one per-cell figure: the napari plugin draws it for the chosen cell, :func:`plot_kinetics`
+    once per cell for the run's PNG.
+
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure or SubFigure
+        Cleared and redrawn.
+    cell_id : int
+    kinetics : xarray.Dataset
+        The cell's time series (dim ``frame``, coordinate ``time_s``).
+    cell, movie : pandas.Series
+        The cell's row of the cells table and the movie's pooled row.
+    """
+    import matplotlib
+    from matplotlib.ticker import MaxNLocator
+
+    figure.clear()
+    figure.set_facecolor(matplotlib.rcParams["figure.facecolor"])
+    counts, cumulative, rates = figure.subplots(3, 1, height_ratios=[3, 2, 2])
+    minutes = kinetics["time_s"].to_numpy() / 60.0
+    for state in STATES:
+        counts.plot(minutes, kinetics[f"n_{state}"], color=STATE_COLORS[state], label=state.replace("_", " "))
+    counts.set_ylabel("particles")
+    counts.set_title(f"cell {cell_id}", fontsize=10)
+    counts.legend(fontsize=7, ncol=2)
+    for kind in ("internalization", "release"):
+        state = next(after for (_, after), event in EVENT_OF_TRANSITION.items() if event == kind)
+        cumulative.step(minutes, kinetics[f"cum_{kind}"], where="post", color=STATE_COLORS[state], label=kind)
+    cumulative.set_xlabel("time (min)")
+    cumulative.set_ylabel("cumulative events")
+    cumulative.legend(fontsize=7)
+    for ax in (counts, cumulative):  # counts: whole-number ticks only
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    for i, (rate, kind, _) in enumerate(RATES):
+        state = next(after for (_, after), event in EVENT_OF_TRANSITION.items() if event == kind)
+        for offset, row, marker in ((-0.12, cell, "o"), (0.12, movie, "s")):
+            value, low, high = row[rate], row[f"{rate}_ci_low"], row[f"{rate}_ci_high"]
+            if np.isfinite(value):
+                rates.errorbar(i + offset, value, yerr=[[value - low], [high - value]], fmt=marker, capsize=3,
+                               color=STATE_COLORS[state], alpha=1.0 if row is cell else 0.5)
+    rates.set_xticks(range(len(RATES)), [kind[:8] + "." if len(kind) > 9 else kind for _, kind, _ in RATES])
+    rates.set_xlim(-0.5, len(RATES) - 0.5)
+    rates.set_ylabel("rate (1/min)")
+    rates.set_title("rate with CI: ● cell  ■ movie", fontsize=8)
 
 
 def plot_kinetics(results, path: str | Path, *, max_cells: int = 12) -> Path:
-    """Per-cell kinetics figure: particles per state over time, cumulative events.
+    """Per-cell kinetics figure: one column per cell (:func:`draw_cell_kinetics`).
 
     Parameters
     ----------
@@ -121,29 +162,16 @@ def plot_kinetics(results, path: str | Path, *, max_cells: int = 12) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     ds = results.kinetics.load()
     cells = results.cells.sort_values("n_internalization", ascending=False).head(max_cells)
+    movie = results.movie.iloc[0]
     n = max(len(cells), 1)
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n + 1, 5), sharex=True, squeeze=False)
-    t_min = ds["time_s"].values / 60
-    for col, cell_id in enumerate(cells["cell_id"]):
-        cell = ds.sel(cell_id=cell_id)
-        top, bottom = axes[0, col], axes[1, col]
-        for state in STATES:
-            top.plot(t_min, cell[f"n_{state}"], color=STATE_COLORS[state], label=state)
-        for kind, style in (("internalization", "-"), ("release", "--")):
-            bottom.step(t_min, cell[f"cum_{kind}"], style, where="post", color="k", label=kind)
-        top.set_title(f"cell {int(cell_id)}")
-        bottom.set_xlabel("time (min)")
-        for ax in (top, bottom):  # counts: whole-number ticks only
-            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0, 0].set_ylabel("particles")
-    axes[1, 0].set_ylabel("cumulative events")
-    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
-    axes[1, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
-    fig.tight_layout()
+    fig = plt.figure(figsize=(2.6 * n + 1, 6.5), layout="constrained")
+    columns = np.atleast_1d(fig.subfigures(1, n))
+    for column, (_, cell) in zip(columns, cells.iterrows()):
+        cell_id = int(cell["cell_id"])
+        draw_cell_kinetics(column, cell_id, ds.sel(cell_id=cell_id), cell, movie)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)

@@ -1,4 +1,4 @@
-"""Reviewers' corrections: a versioned curation record in the store, and kinetics recomputed with it.
+"""Reviewers' corrections on disk: the versioned curation record and the ``curated/`` tables.
 
 The pipeline's own output (``tables/``, ``kinetics``) is never changed. Corrections
 made in the napari plugin (or by hand) are saved as a new version of the curation
@@ -32,11 +32,11 @@ column         dtype   meaning
                        ``set_state``; empty for ``false_track``
 =============  ======  ==========================================================
 
-Recomputation: events from the corrected states
-(:func:`pipeline.stages.classify.events_from_states`), the track table, and the cells,
-movie and kinetics (:mod:`pipeline.stages.kinetics`, with the run's ``kinetics`` config
-and the pipeline's cell geometry). A detection corrected out of ``released``
-keeps the cell it was released from as its ``cell_id``.
+Recomputation (:func:`pipeline.run.curate.apply_curation`): corrections applied
+(:func:`pipeline.stages.corrections.apply_corrections`), events from the corrected states,
+then the track table, cells, movie and kinetics (:func:`pipeline.stages.kinetics.kinetics_tables`,
+with the run's ``kinetics`` config and the pipeline's cell geometry). A detection corrected out of
+``released`` keeps the cell it was released from as its ``cell_id``.
 """
 
 from __future__ import annotations
@@ -46,26 +46,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import zarr
 
 from pipeline.errors import InputError
 from pipeline.io import store
-from pipeline.io.results import CURATED, Results, load_results, read_table
-from pipeline.stages.classify import events_from_states, summarize_tracks
-from pipeline.stages.kinetics import KineticsParams, cell_kinetics, cell_rates
+from pipeline.io.results import CURATED, load_results, read_table
+from pipeline.vocabulary import CORRECTION_ACTIONS as ACTIONS
 from pipeline.vocabulary import STATES
 
-__all__ = ["ACTIONS", "CORRECTION_COLUMNS", "apply_corrections", "apply_curation", "curation_versions",
-           "empty_corrections", "read_corrections", "recompute", "save_corrections", "validate_corrections"]
+__all__ = ["ACTIONS", "CORRECTION_COLUMNS", "curation_versions", "empty_corrections", "read_corrections",
+           "save_corrections", "validate_corrections", "curation_entry", "write_curated"]
 
 #: Group of the curation record.
 CURATION = "curation"
-#: What a correction does.
-ACTIONS = ("set_state", "false_track")
 #: Columns and dtypes of a corrections table.
 CORRECTION_COLUMNS = {"track_id": "int64", "first_frame": "int64", "last_frame": "int64",
                       "action": "str", "state": "str"}
-_GEOMETRY = ["cell_id", "first_frame", "last_frame", "mean_area_um2"]
 
 
 def empty_corrections() -> pd.DataFrame:
@@ -108,78 +103,12 @@ def validate_corrections(corrections: pd.DataFrame, track_ids: np.ndarray) -> pd
     return table
 
 
-def apply_corrections(
-    particles: pd.DataFrame, corrections: pd.DataFrame, *, frame_interval_s: float
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The particles with corrected states (false detections removed) and their events.
-
-    Parameters
-    ----------
-    particles : DataFrame
-        The pipeline's particles table (``track_id``, ``frame``, ``cell_id``, ``state``).
-    corrections : DataFrame
-        A valid corrections table (:func:`validate_corrections`), applied in row order.
-    frame_interval_s : float
-        Time between frames, s.
-
-    Returns
-    -------
-    particles, events : DataFrame
-        As :func:`pipeline.stages.classify.events_from_states` returns them.
-    """
-    track = particles["track_id"].to_numpy(np.int64)
-    frame = particles["frame"].to_numpy(np.int64)
-    order = np.lexsort((frame, track))
-    sorted_track = track[order]
-    state = particles["state"].to_numpy(dtype=object).copy()
-    keep = np.ones(len(particles), bool)
-    for row in corrections.itertuples(index=False):
-        lo, hi = np.searchsorted(sorted_track, [row.track_id, row.track_id + 1])
-        rows = order[lo:hi]
-        rows = rows[(frame[rows] >= row.first_frame) & (frame[rows] <= row.last_frame)]
-        if row.action == "false_track":
-            keep[rows] = False
-        else:
-            state[rows] = row.state
-    kept = particles[keep].reset_index(drop=True)
-    codes = pd.Categorical(state[keep], categories=STATES).codes.astype(np.int64)
-    return events_from_states(kept, codes, frame_interval_s=frame_interval_s)
-
-
-def recompute(results: Results, corrections: pd.DataFrame) -> dict:
-    """Tables and kinetics of a run with corrections applied.
-
-    Parameters
-    ----------
-    results : Results
-        The pipeline's own output (``load_results(path)``, not curated).
-    corrections : DataFrame
-        A valid corrections table.
-
-    Returns
-    -------
-    dict
-        ``particles``, ``events``, ``tracks``, ``cells``, ``movie`` (DataFrames) and
-        ``kinetics`` (xarray.Dataset), in the layouts of pipeline/README.md.
-    """
-    dt_s = results.frame_interval_s
-    particles, events = apply_corrections(results.particles, corrections, frame_interval_s=dt_s)
-    params = KineticsParams(**results.attrs.get("config", {}).get("kinetics", {}))
-    cells, movie = cell_rates(particles, events, frame_interval_s=dt_s, params=params,
-                              cells=results.cells[_GEOMETRY])
-    kinetics = cell_kinetics(particles, events, frame_interval_s=dt_s, n_frames=results.kinetics.sizes["frame"],
-                             cell_ids=cells["cell_id"].to_numpy())
-    return {"particles": particles, "events": events, "tracks": summarize_tracks(particles),
-            "cells": cells, "movie": movie, "kinetics": kinetics}
 
 
 def curation_versions(path: str | Path) -> list[dict]:
     """The versions of a store's curation record, oldest first (empty if none)."""
     store.read_attrs(path)
-    group = Path(path) / CURATION
-    if not (group / "zarr.json").exists():
-        return []
-    return list(zarr.open_group(group, mode="r", zarr_format=3).attrs.get("versions", []))
+    return list(store.read_group_attrs(path, CURATION).get("versions", []))
 
 
 def read_corrections(path: str | Path, version: int | None = None) -> pd.DataFrame:
@@ -228,38 +157,38 @@ def save_corrections(path: str | Path, corrections: pd.DataFrame, *, author: str
     store.write_table(path, name, table, group=CURATION)
     entry = {"version": version, "table": name, "author": author or getpass.getuser(), "created": store.utc_now(),
              "note": note, "n_corrections": len(table)}
-    zarr.open_group(Path(path) / CURATION, mode="r+", zarr_format=3).attrs["versions"] = [*versions, entry]
+    store.update_group_attrs(path, CURATION, versions=[*versions, entry])
     return version
 
 
-def apply_curation(path: str | Path, version: int | None = None) -> int | None:
-    """Recompute the curated tables and kinetics of a store with one curation version.
+
+def curation_entry(path: str | Path, version: int | None = None) -> dict:
+    """The record entry of one curation version (default: the latest): version, table, author, ..."""
+    return _version_entry(path, curation_versions(path), version)
+
+
+def write_curated(path: str | Path, tables: dict, version: int) -> None:
+    """Write the tables and kinetics recomputed with curation ``version`` under ``curated/``.
+
+    ``curated/`` loses its ``curation_version`` attribute first and gets it back last, so an
+    interrupted write is never read as curated results.
 
     Parameters
     ----------
     path : str or Path
         A complete store.
-    version : int, optional
-        Version of the curation record to apply; default: the latest.
-
-    Returns
-    -------
-    int or None
-        The version applied; None (nothing written) when the store has no curation record.
+    tables : dict
+        ``particles``, ``events``, ``tracks``, ``cells``, ``movie`` (DataFrames) and ``kinetics``
+        (xarray.Dataset), as :func:`pipeline.run.curate.recompute` returns them.
+    version : int
+        The curation version they were made with.
     """
-    path = Path(path)
-    versions = curation_versions(path)
-    if not versions and version is None:
-        return None
-    entry = _version_entry(path, versions, version)
-    tables = recompute(load_results(path), read_corrections(path, entry["version"]))
-    curated = zarr.open_group(path, mode="r+", zarr_format=3).require_group(CURATED)
-    curated.attrs.pop("curation_version", None)
+    tables = dict(tables)
+    store.update_group_attrs(path, CURATED, remove=("curation_version",))
     store.write_kinetics(path, tables.pop("kinetics"), name=f"{CURATED}/kinetics")
     for name, table in tables.items():
         store.write_table(path, name, table, group=CURATED)
-    curated.attrs.update({"curation_version": entry["version"], "created": store.utc_now()})
-    return entry["version"]
+    store.update_group_attrs(path, CURATED, curation_version=version, created=store.utc_now())
 
 
 def _version_entry(path: str | Path, versions: list[dict], version: int | None) -> dict:

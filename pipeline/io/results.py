@@ -15,7 +15,7 @@ import zarr
 
 from pipeline.errors import InputError
 from pipeline.io.store import KINETICS, LABELS, TABLES, read_attrs
-from pipeline.vocabulary import EVENTS, STATES
+from pipeline.vocabulary import EVENTS, RATES, STATES
 
 #: Group of the tables and kinetics recomputed with the reviewer's corrections
 #: (written by `pipeline.io.curation`; its attrs name the curation version applied).
@@ -23,9 +23,7 @@ CURATED = "curated"
 
 _I, _F, _S = "int64", "float64", "str"
 _RATES = (
-    "k_internalization_per_min",
-    "k_release_per_min",
-    "k_unbinding_per_min",
+    *(column for column, _, _ in RATES),
     "exocytosis_half_life_min",
     "membrane_dwell_min",
 )

@@ -1,4 +1,4 @@
-"""Write one Zarr v3 store per movie (layout: DESIGN.md, "Store"; read it with `pipeline.io.results`).
+"""Write one Zarr v3 store per movie (layout: docs/DESIGN.md, "Store"; read it with `pipeline.io.results`).
 
 Layout::
 
@@ -41,6 +41,7 @@ GEFF
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -146,6 +147,44 @@ def _remove_old_store(path: Path, overwrite: bool) -> None:
     shutil.rmtree(path)
 
 
+def probe(path: str | Path) -> str:
+    """What is at ``path``: ``"none"`` (nothing, or an empty folder), ``"interrupted"`` (a store whose
+    creation was killed before its attributes were written: safe to replace), ``"store"`` (an
+    uptrack store: :func:`read_attrs` reads it) or ``"foreign"`` (anything else)."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        return "foreign" if path.exists() and any(path.iterdir()) else "none"
+    try:
+        read_attrs(path)
+    except InputError:
+        return "interrupted" if _interrupted_creation(path) else "foreign"
+    return "store"
+
+
+def has_table(path: str | Path, name: str, *, group: str = TABLES) -> bool:
+    """Whether the store holds table ``name`` in ``group``."""
+    return (Path(path) / group / name / "zarr.json").exists()
+
+
+def _interrupted_creation(path: Path) -> bool:
+    """A store whose creation was killed before its attributes were written.
+
+    `create_store` makes the Zarr group, then writes the attributes: in between,
+    the directory holds only an attribute-less ``zarr.json`` (and maybe an empty
+    ``tables`` group). Nothing else looks like that, so it is safe to replace.
+    """
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get("attributes") or meta.get("node_type") != "group":
+        return False
+    entries = {p.name for p in path.iterdir()}
+    tables = path / "tables"
+    return entries <= {"zarr.json", "tables"} and (
+        not tables.exists() or {p.name for p in tables.iterdir()} <= {"zarr.json"})
+
+
 def read_attrs(path: str | Path) -> dict:
     """Root attributes of an uptrack store.
 
@@ -169,6 +208,23 @@ def update_attrs(path: str | Path, **values) -> None:
     """Set root attributes (JSON-serialisable values) and the ``updated`` timestamp."""
     read_attrs(path)
     zarr.open_group(path, mode="r+", zarr_format=3).attrs.update({**values, "updated": utc_now()})
+
+
+def read_group_attrs(path: str | Path, group: str) -> dict:
+    """Attributes of a group inside a store (empty when the group does not exist)."""
+    target = Path(path) / group
+    if not (target / "zarr.json").exists():
+        return {}
+    return zarr.open_group(target, mode="r", zarr_format=3).attrs.asdict()
+
+
+def update_group_attrs(path: str | Path, group: str, *, remove: tuple[str, ...] = (), **values) -> None:
+    """Set (and first remove) attributes of a group inside a store, creating the group if needed."""
+    node = zarr.open_group(path, mode="r+", zarr_format=3).require_group(group)
+    for key in remove:
+        node.attrs.pop(key, None)
+    if values:
+        node.attrs.update(values)
 
 
 def stages_done(path: str | Path) -> list[str]:

@@ -19,12 +19,97 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Literal
 
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from pipeline.run.config import JOBQUEUE_BACKENDS, ComputeConfig, JobQueueConfig
+from pipeline.params import Params
 
 log = logging.getLogger(__name__)
+
+
+JOBQUEUE_BACKENDS = ("slurm", "pbs", "lsf")
+
+
+class JobQueueConfig(Params):
+    """Batch jobs that host the Dask workers (``compute.backend``: slurm, pbs or lsf).
+
+    Each job runs ``processes`` worker processes sharing ``cores`` cores and ``memory``;
+    dask-jobqueue writes the job script (``uptrack batch --dry-run`` prints it).
+    """
+
+    queue: str | None = Field(None, description="Partition (SLURM) or queue (PBS, LSF).")
+    account: str | None = Field(None, description="Account / project charged for the jobs.")
+    cores: int = Field(4, ge=1, description="Cores per job.")
+    processes: int = Field(
+        2, ge=1, description="Dask worker processes per job (they share its cores and memory)."
+    )
+    memory: str = Field("16GB", description="Memory per job, with its unit, e.g. 16GB.")
+    walltime: str = Field(
+        "02:00:00", description="Wall-time limit of each job, HH:MM:SS (LSF: HH:MM)."
+    )
+    job_extra_directives: list[str] = Field(
+        [], description="Extra scheduler directives, e.g. ['--qos=normal'] (written as #SBATCH ...)."
+    )
+    job_script_prologue: list[str] = Field(
+        [], description="Shell lines run before the worker starts, e.g. module load, "
+        "source .venv/bin/activate."
+    )
+    python: str | None = Field(
+        None, description="Python on the compute nodes; default: the one running uptrack."
+    )
+    local_directory: str | None = Field(
+        None, description="Node-local scratch folder for worker spill files, e.g. $TMPDIR."
+    )
+    log_directory: str | None = Field(None, description="Folder for the jobs' stdout/stderr.")
+    interface: str | None = Field(
+        None, description="Network interface the workers and scheduler use, e.g. ib0."
+    )
+    jobs: int = Field(1, ge=1, description="Jobs to start (ignored when adaptive_max_jobs is set).")
+    adaptive_min_jobs: int = Field(0, ge=0, description="Adaptive scaling: fewest jobs kept.")
+    adaptive_max_jobs: int | None = Field(
+        None, ge=1, description="Adaptive scaling: most jobs; set it to let Dask add and "
+        "remove jobs with the load."
+    )
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.processes > self.cores:
+            raise ValueError(f"processes ({self.processes}) must not exceed cores ({self.cores})")
+        if self.adaptive_max_jobs is not None and self.adaptive_min_jobs > self.adaptive_max_jobs:
+            raise ValueError("adaptive_min_jobs must not exceed adaptive_max_jobs")
+        return self
+
+
+class ComputeConfig(Params):
+    """Where the Dask tasks run."""
+
+    backend: Literal["local", "address", "sync", "slurm", "pbs", "lsf"] = Field(
+        "local",
+        description="local: a LocalCluster of worker processes on this machine; address: "
+        "an existing Dask scheduler; slurm / pbs / lsf: workers in batch jobs through "
+        "dask-jobqueue (settings under jobqueue); sync: no cluster, one process (debugging).",
+    )
+    n_workers: int | None = Field(
+        None, ge=1, description="Worker processes (local); default: one per 2 cores, at least 1."
+    )
+    threads_per_worker: int = Field(1, ge=1, description="Threads per worker process.")
+    memory_per_worker: str = Field("auto", description="Memory limit per worker, e.g. 4GB.")
+    address: str | None = Field(None, description="Scheduler address for backend: address.")
+    frames_per_task: int = Field(
+        4, ge=1, description="Frames each segmentation/detection task handles."
+    )
+    jobqueue: JobQueueConfig = Field(
+        JobQueueConfig(), description="Batch jobs for backend slurm, pbs or lsf."
+    )
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.backend == "address" and not self.address:
+            raise ValueError("backend: address needs compute.address, e.g. tcp://10.0.0.5:8786")
+        return self
+
 
 
 def default_n_workers() -> int:

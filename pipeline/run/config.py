@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError
 
 from pipeline.errors import InputError
+from pipeline.params import Params
+from pipeline.run.compute import ComputeConfig
 from pipeline.stages.classify import ClassifyParams
 from pipeline.stages.detect import DetectParams
 from pipeline.stages.kinetics import KineticsParams
@@ -26,11 +28,7 @@ from pipeline.stages.track_cells import CellTrackParams
 from pipeline.stages.zones import ZoneParams
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ChannelsConfig(_Section):
+class ChannelsConfig(Params):
     """Which channel of the movie holds what (index from 0, or OME channel name)."""
 
     cells: int | str = Field(0, description="Cell stain channel (cytoplasm or membrane).")
@@ -38,7 +36,7 @@ class ChannelsConfig(_Section):
     nuclei: int | str | None = Field(None, description="Optional nuclear stain channel.")
 
 
-class InputConfig(_Section):
+class InputConfig(Params):
     """The movie to analyse and the metadata that override the file's."""
 
     path: Path = Field(description="Movie: TIFF, OME-TIFF or OME-Zarr (T[Z]CYX).")
@@ -54,7 +52,7 @@ class InputConfig(_Section):
     )
 
 
-class OutputConfig(_Section):
+class OutputConfig(Params):
     """Where results go."""
 
     dir: Path = Field(Path("results"), description="Folder for the result store(s).")
@@ -65,89 +63,7 @@ class OutputConfig(_Section):
 
 
 #: Backends that start Dask workers as batch jobs through dask-jobqueue.
-JOBQUEUE_BACKENDS = ("slurm", "pbs", "lsf")
-
-
-class JobQueueConfig(_Section):
-    """Batch jobs that host the Dask workers (``compute.backend``: slurm, pbs or lsf).
-
-    Each job runs ``processes`` worker processes sharing ``cores`` cores and ``memory``;
-    dask-jobqueue writes the job script (``uptrack batch --dry-run`` prints it).
-    """
-
-    queue: str | None = Field(None, description="Partition (SLURM) or queue (PBS, LSF).")
-    account: str | None = Field(None, description="Account / project charged for the jobs.")
-    cores: int = Field(4, ge=1, description="Cores per job.")
-    processes: int = Field(
-        2, ge=1, description="Dask worker processes per job (they share its cores and memory)."
-    )
-    memory: str = Field("16GB", description="Memory per job, with its unit, e.g. 16GB.")
-    walltime: str = Field(
-        "02:00:00", description="Wall-time limit of each job, HH:MM:SS (LSF: HH:MM)."
-    )
-    job_extra_directives: list[str] = Field(
-        [], description="Extra scheduler directives, e.g. ['--qos=normal'] (written as #SBATCH ...)."
-    )
-    job_script_prologue: list[str] = Field(
-        [], description="Shell lines run before the worker starts, e.g. module load, "
-        "source .venv/bin/activate."
-    )
-    python: str | None = Field(
-        None, description="Python on the compute nodes; default: the one running uptrack."
-    )
-    local_directory: str | None = Field(
-        None, description="Node-local scratch folder for worker spill files, e.g. $TMPDIR."
-    )
-    log_directory: str | None = Field(None, description="Folder for the jobs' stdout/stderr.")
-    interface: str | None = Field(
-        None, description="Network interface the workers and scheduler use, e.g. ib0."
-    )
-    jobs: int = Field(1, ge=1, description="Jobs to start (ignored when adaptive_max_jobs is set).")
-    adaptive_min_jobs: int = Field(0, ge=0, description="Adaptive scaling: fewest jobs kept.")
-    adaptive_max_jobs: int | None = Field(
-        None, ge=1, description="Adaptive scaling: most jobs; set it to let Dask add and "
-        "remove jobs with the load."
-    )
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.processes > self.cores:
-            raise ValueError(f"processes ({self.processes}) must not exceed cores ({self.cores})")
-        if self.adaptive_max_jobs is not None and self.adaptive_min_jobs > self.adaptive_max_jobs:
-            raise ValueError("adaptive_min_jobs must not exceed adaptive_max_jobs")
-        return self
-
-
-class ComputeConfig(_Section):
-    """Where the Dask tasks run."""
-
-    backend: Literal["local", "address", "sync", "slurm", "pbs", "lsf"] = Field(
-        "local",
-        description="local: a LocalCluster of worker processes on this machine; address: "
-        "an existing Dask scheduler; slurm / pbs / lsf: workers in batch jobs through "
-        "dask-jobqueue (settings under jobqueue); sync: no cluster, one process (debugging).",
-    )
-    n_workers: int | None = Field(
-        None, ge=1, description="Worker processes (local); default: one per 2 cores, at least 1."
-    )
-    threads_per_worker: int = Field(1, ge=1, description="Threads per worker process.")
-    memory_per_worker: str = Field("auto", description="Memory limit per worker, e.g. 4GB.")
-    address: str | None = Field(None, description="Scheduler address for backend: address.")
-    frames_per_task: int = Field(
-        4, ge=1, description="Frames each segmentation/detection task handles."
-    )
-    jobqueue: JobQueueConfig = Field(
-        JobQueueConfig(), description="Batch jobs for backend slurm, pbs or lsf."
-    )
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.backend == "address" and not self.address:
-            raise ValueError("backend: address needs compute.address, e.g. tcp://10.0.0.5:8786")
-        return self
-
-
-class RunConfig(_Section):
+class RunConfig(Params):
     """Everything ``uptrack run`` needs, one section per stage."""
 
     input: InputConfig
@@ -163,39 +79,66 @@ class RunConfig(_Section):
 
 
 def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
-    """Apply ``key.sub=value`` overrides to a raw config dict (values parsed as YAML)."""
+    """Apply ``key.sub=value`` overrides (``--set``) to a raw config dict; values are parsed as YAML.
+
+    Raises
+    ------
+    InputError
+        An item without ``=``, a value that is not valid YAML, or a key through a non-section.
+    """
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
             raise InputError(f"--set {item!r}: expected KEY=VALUE, e.g. --set detect.min_snr=4")
-        node = raw
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise InputError(f"--set {item!r}: {part} in {source} is not a section")
-            node = child
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problem = str(exc).splitlines()[0]
+            raise InputError(f"--set {item!r}: the value {text!r} is not valid YAML ({problem}); "
+                             "quote text values, e.g. --set 'segment.model=\"my model\"'") from None
+        set_dotted(raw, key.strip(), value, f"--set {item!r} ({source})")
     return raw
 
 
-def _resolve_paths(raw: dict, base: Path) -> None:
-    """Make the config's relative paths relative to the config file's folder."""
+def set_dotted(raw: dict, key: str, value, source: str) -> None:
+    """Set ``raw[a][b][c] = value`` for ``key = "a.b.c"``, creating sections as needed.
 
-    def resolve(value: str) -> str:
-        return os.path.normpath(base / Path(value).expanduser())
+    Raises
+    ------
+    InputError
+        A part of the key names a field that is not a section; the message starts with ``source``.
+    """
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InputError(f"{source}: {key}: {part} is not a section")
+    node[parts[-1]] = value
 
-    section = raw.get("input")
-    if isinstance(section, dict) and section.get("path"):
-        section["path"] = resolve(section["path"])
-    output = raw.get("output")
-    if isinstance(output, dict) and output.get("dir"):
-        output["dir"] = resolve(output["dir"])
+
+def resolve_path(value: str | Path, base: Path) -> str:
+    """An absolute path: ``~`` and ``$VARS`` expanded, relative paths taken from ``base``."""
+    return os.path.normpath(base / Path(os.path.expandvars(str(value))).expanduser())
+
+
+def resolve_model_path(value: str, base: Path) -> str:
+    """A ``segment.model`` value: a path (has a slash, or names a file beside the config) made
+    absolute with :func:`resolve_path`; a built-in model name unchanged."""
+    if "/" in value or "\\" in value or (base / value).exists():
+        return resolve_path(value, base)
+    return value
+
+
+def resolve_config_paths(raw: dict, base: Path) -> None:
+    """Make the run config's paths absolute (:func:`resolve_path`), relative to ``base``."""
+    for section, field in (("input", "path"), ("output", "dir")):
+        node = raw.get(section)
+        if isinstance(node, dict) and node.get(field):
+            node[field] = resolve_path(node[field], base)
     segment = raw.get("segment")
     if isinstance(segment, dict) and isinstance(segment.get("model"), str):
-        model = segment["model"]
-        if "/" in model or "\\" in model or (base / model).exists():
-            segment["model"] = resolve(model)
+        segment["model"] = resolve_model_path(segment["model"], base)
 
 
 def format_validation_error(exc: ValidationError, source: str, *, root: type[BaseModel] | None = None,
@@ -287,7 +230,7 @@ def _plain(value) -> str:
 
 def config_from_dict(raw: dict[str, Any], *, base: Path, source: str) -> RunConfig:
     """Validate a raw config dict; relative paths are taken relative to ``base``."""
-    _resolve_paths(raw, base)
+    resolve_config_paths(raw, base)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

@@ -33,7 +33,6 @@ as Dask tasks, on the workers, not in the process that drives the batch.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
@@ -51,11 +50,12 @@ from pipeline.errors import InputError
 from pipeline.io import store
 from pipeline.io.curation import curation_versions
 from pipeline.io.movie import Movie, file_checksum, open_movie
+from pipeline.io.results import read_table
 from pipeline.run.compute import dask_client, frame_chunks, map_tasks, progress, progress_to
 from pipeline.run.config import RunConfig, dump_config
-from pipeline.stages.classify import classify_tracks, summarize_tracks
+from pipeline.stages.classify import classify_tracks
 from pipeline.stages.detect import DetectParams, detect_frame
-from pipeline.stages.kinetics import cell_kinetics, cell_rates
+from pipeline.stages.kinetics import kinetics_tables
 from pipeline.stages.link import close_gaps, fill_gaps, link_tracks
 from pipeline.stages.segment import SegmentParams, estimate_diameter_um, segment_frame
 from pipeline.stages.track_cells import CellTracker, relabel
@@ -92,11 +92,11 @@ def _open_cached(spec: MovieSpec) -> Movie:
 
 def store_path(config: RunConfig) -> Path:
     """Where the run's store goes: ``output.dir / <name>.zarr``."""
-    name = config.output.name or _movie_stem(config.input.path)
+    name = config.output.name or movie_stem(config.input.path)
     return config.output.dir / f"{name}.zarr"
 
 
-def _movie_stem(path: Path) -> str:
+def movie_stem(path: Path) -> str:
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".btf"):
         if name.lower().endswith(suffix):
@@ -193,26 +193,68 @@ def _comparable(config: dict) -> dict:
     return config
 
 
-def _interrupted_creation(path: Path) -> bool:
-    """A store whose creation was killed before its attributes were written.
-
-    `store.create_store` makes the Zarr group, then writes the attributes: in between,
-    the directory holds only an attribute-less ``zarr.json`` (and maybe an empty
-    ``tables`` group). Nothing else looks like that, so it is safe to replace.
-    """
-    try:
-        meta = json.loads((path / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if meta.get("attributes") or meta.get("node_type") != "group":
-        return False
-    entries = {p.name for p in path.iterdir()}
-    tables = path / "tables"
-    return entries <= {"zarr.json", "tables"} and (
-        not tables.exists() or {p.name for p in tables.iterdir()} <= {"zarr.json"})
-
-
 # --- the run -------------------------------------------------------------------------
+
+
+
+@dataclass(frozen=True)
+class StoreDecision:
+    """What a run does with what is at its output path (:func:`decide_store`).
+
+    ``action`` is ``"new"`` (create), ``"resume"`` (continue after ``done`` stages),
+    ``"skip"`` (complete already, same config and input), ``"replace"`` (discard and redo)
+    or ``"refuse"`` (leave it; ``reason`` says why and what to do).
+    """
+
+    action: str
+    reason: str = ""
+    done: tuple[str, ...] = ()
+    label: str = ""  # a few words for the dry run's table
+
+
+def decide_store(path: Path, state: str, old: dict, *, overwrite: bool, skip_complete: bool,
+                 has_curation: bool) -> StoreDecision:
+    """The one rule for an existing store, used by ``uptrack run``, ``uptrack batch`` and the dry run.
+
+    Parameters
+    ----------
+    path : Path
+        The store.
+    state, old : str, dict
+        What :meth:`Run.inspect_store` found.
+    overwrite : bool
+        ``output.overwrite``: complete results may be replaced.
+    skip_complete : bool
+        A complete store of the same config and input is kept and the movie skipped (batch);
+        otherwise it is redone with ``overwrite`` or refused (run).
+    has_curation : bool
+        The store holds reviewers' corrections, which a redo would lose.
+    """
+    if state == "foreign":
+        return StoreDecision("refuse", f"{path} exists and is not an uptrack store; nothing was changed. "
+                                       "Move it away or choose another output.name / output.dir.",
+                             label="not an uptrack store")
+    if state == "complete" and skip_complete:
+        return StoreDecision("skip", "complete already, same config and input")
+    if state == "partial":
+        return StoreDecision("resume", "unfinished run of the same config and input",
+                             tuple(old.get("stages_completed", [])))
+    if state == "none":
+        return StoreDecision("new", "replacing a store whose creation was interrupted" if old or path.exists() else "")
+    if has_curation:
+        return StoreDecision("refuse", f"{path} holds curation records (corrections made in napari); redoing "
+                                       "the run would lose them, so nothing was changed. Move or rename the "
+                                       "store first, or choose another output.name.", label="holds curation records")
+    if old.get("complete") and not overwrite:
+        what = "complete results" if state == "complete" else "complete results of another config or input"
+        return StoreDecision("refuse", f"{path} already holds {what}; nothing was changed. Set output.overwrite: "
+                                       "true (or --set output.overwrite=true) to redo them, or choose another "
+                                       "output.name / output.dir.",
+                             label="other config's results" if state == "other" else "complete results")
+    if state == "other":
+        return StoreDecision("replace", "other config or input",
+                             label="replace (other config)" if old.get("complete") else "restart (other config)")
+    return StoreDecision("replace", "overwrite: true", label="replace (overwrite)")
 
 
 class Run:
@@ -275,17 +317,21 @@ class Run:
         attrs : dict
             The store's attributes ({} for none and foreign).
         """
-        if not (self.path / "zarr.json").exists():
-            return ("foreign" if self.path.exists() and any(self.path.iterdir()) else "none"), {}
-        try:
-            old = store.read_attrs(self.path)
-        except InputError:
-            return ("none" if _interrupted_creation(self.path) else "foreign"), {}
+        found = store.probe(self.path)
+        if found != "store":
+            return ("none" if found in ("none", "interrupted") else "foreign"), {}
+        old = store.read_attrs(self.path)
         same = (_comparable(old.get("config", {})) == _comparable(dump_config(self.config))
                 and old.get("input_checksum") == self._input_identity(old)["input_checksum"])
         if not same:
             return "other", old
         return ("complete" if old.get("complete") else "partial"), old
+
+    def store_decision(self, *, skip_complete: bool) -> StoreDecision:
+        """:func:`decide_store` for this run's output path and config."""
+        state, old = self.inspect_store()
+        return decide_store(self.path, state, old, overwrite=self.config.output.overwrite,
+                            skip_complete=skip_complete, has_curation=bool(old) and bool(curation_versions(self.path)))
 
     def open_store(self, metadata: dict | None = None) -> list[str]:
         """Create the store, or reopen an unfinished one made with the same config.
@@ -301,26 +347,18 @@ class Run:
         list of str
             Stages already done (resumed from a killed run).
         """
-        state, old = self.inspect_store()
-        if old and curation_versions(self.path):
-            raise InputError(
-                f"{self.path} holds curation records (corrections made in napari); "
-                "redoing the run would lose them, so nothing was changed. Move or rename "
-                "the store first, or choose another output.name."
-            )
-        if old.get("complete") and not self.config.output.overwrite:
-            raise InputError(
-                f"{self.path} already holds complete results; nothing was changed. "
-                "Set output.overwrite: true (or --set output.overwrite=true) to redo "
-                "them, or choose another output.name."
-            )
-        if state == "partial":
+        decision = self.store_decision(skip_complete=False)
+        if decision.action == "refuse":
+            raise InputError(decision.reason)
+        if decision.action == "resume":
+            old = store.read_attrs(self.path)
             if metadata is not None and old.get("metadata") != metadata:
                 store.update_attrs(self.path, metadata=metadata)
             done = store.stages_done(self.path)
             log.info("resuming %s: stages done %s", self.path, ", ".join(done) or "none")
             return done
-        if state == "none" and self.path.exists():
+        old = {} if decision.action == "new" else store.read_attrs(self.path)
+        if decision.action == "new" and self.path.exists():
             log.info("%s: replacing a store whose creation was interrupted", self.path)
             shutil.rmtree(self.path)
         attrs = self._attrs(old)
@@ -333,10 +371,8 @@ class Run:
     def _stage_input(self, stage: str, name: str) -> pd.DataFrame:
         """Table ``name`` as it was when ``stage`` first started (see the module docstring)."""
         group = f"{_INPUTS}/{stage}"
-        if not (self.path / group / name / "zarr.json").exists():
+        if not store.has_table(self.path, name, group=group):
             store.write_table(self.path, name, store_table(self.path, name), group=group)
-        from pipeline.io.results import read_table
-
         return read_table(self.path, name, group=group)
 
     # stages
@@ -353,16 +389,17 @@ class Run:
             log.warning("segment: no cells found in frame %d; using the model's own diameter", middle)
             return params
         log.info("segment: cell diameter measured on frame %d: %.1f um", middle, diameter)
-        store.update_attrs(self.path, cell_diameter_um=round(diameter, 3))
         return params.model_copy(update={"diameter_um": diameter})
 
     def segment(self, client) -> None:
         shape = (self.n_frames, *self.movie.data.shape[-2:])
         store.create_labels(self.path, shape, name="segmentation")
         chunks = frame_chunks(self.n_frames, self.config.compute.frames_per_task)
+        params = self.segment_params()
+        if self.config.segment.diameter_um is None and params.diameter_um is not None:
+            store.update_attrs(self.path, cell_diameter_um=round(params.diameter_um, 3))
         counts = map_tasks(client, _segment_task, chunks, desc="segment cells", spec=self.spec,
-                           channels=(self.channels[0], self.channels[2]),
-                           params=self.segment_params(), path=str(self.path))
+                           channels=(self.channels[0], self.channels[2]), params=params, path=str(self.path))
         per_frame = [n for chunk in counts for n in chunk]
         log.info("segment: %.1f cells per frame (min %d, max %d)", np.mean(per_frame),
                  min(per_frame), max(per_frame))
@@ -416,19 +453,16 @@ class Run:
                                             params=self.config.classify)
         store.write_table(self.path, "particles", particles)
         store.write_table(self.path, "events", events)
-        store.write_table(self.path, "tracks", summarize_tracks(particles))
 
     def kinetics(self, client) -> None:
         particles = store_table(self.path, "particles")
         events = store_table(self.path, "events")
         geometry = cell_geometry(store.open_labels(self.path), pixel_size_um=self.px_um)
-        cells, movie = cell_rates(particles, events, frame_interval_s=self.dt_s,
-                                  params=self.config.kinetics, cells=geometry)
-        ds = cell_kinetics(particles, events, frame_interval_s=self.dt_s, n_frames=self.n_frames,
-                           cell_ids=cells["cell_id"].to_numpy())
-        store.write_kinetics(self.path, ds)
-        store.write_table(self.path, "cells", cells)
-        store.write_table(self.path, "movie", movie)
+        tables = kinetics_tables(particles, events, frame_interval_s=self.dt_s, n_frames=self.n_frames,
+                                 params=self.config.kinetics, cells=geometry)
+        store.write_kinetics(self.path, tables.pop("kinetics"))
+        for name, table in tables.items():
+            store.write_table(self.path, name, table)
 
     def export(self, client) -> None:
         store.write_geff(self.path, store_table(self.path, "particles"),
@@ -437,8 +471,6 @@ class Run:
 
 def store_table(path: Path, name: str) -> pd.DataFrame:
     """A table of the store being written (incomplete stores included)."""
-    from pipeline.io.results import read_table
-
     return read_table(path, name)
 
 

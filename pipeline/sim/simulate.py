@@ -51,11 +51,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import tifffile
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from pipeline import __version__
 from pipeline.errors import InputError
 from pipeline.optics import camera, centred_peak_fraction, peak_photons_for_snr, psf_sigma_px, render_spots
+from pipeline.params import Params
 from pipeline.sim.cells import (
     CellLayout,
     CellLooks,
@@ -74,10 +75,8 @@ __all__ = ["SimulationConfig", "Simulation", "simulate", "write_simulation", "lo
            "simulate_cell_images"]
 
 
-class SimulationConfig(BaseModel):
+class SimulationConfig(Params):
     """Everything that defines a simulated movie. Physical values carry their unit in the name."""
-
-    model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, description="random seed; same seed, same bytes")
     shape: tuple[int, int] = Field((320, 320), description="frame size (Y, X), pixels")

@@ -60,17 +60,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy.linalg import expm
 from scipy.special import log_ndtr
 
 from pipeline.errors import UptrackError
-from pipeline.vocabulary import BACKGROUND, EVENT_OF_TRANSITION, STATES
+from pipeline.params import Params
+from pipeline.vocabulary import BACKGROUND, EVENT_OF_TRANSITION, INSIDE, MEMBRANE, STATE_CODE, STATES
 
 __all__ = ["ClassifyParams", "classify_tracks", "classify_by_zone", "summarize_tracks", "events_from_states",
            "EVENTS_OF_JUMP", "TIME_SHARE"]
 
-E, M, V, R = (STATES.index(s) for s in ("extracellular", "membrane_bound", "vesicular", "released"))
+E, M, V, R = (STATE_CODE[s] for s in ("extracellular", "membrane_bound", "vesicular", "released"))
 #: The only order in which states can follow each other (M → E aside).
 _FORWARD = (E, M, V, R)
 
@@ -113,10 +114,8 @@ def _jump_tables():
 EVENTS_OF_JUMP, TIME_SHARE, _TRANSITIONS_OF_JUMP = _jump_tables()
 
 
-class ClassifyParams(BaseModel):
+class ClassifyParams(Params):
     """Parameters of the temporal model (``classify:`` in a run config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     membrane_sigma_um: float = Field(
         0.25,
@@ -257,7 +256,7 @@ def classify_by_zone(particles: pd.DataFrame, *, frame_interval_s: float) -> tup
     """
     _require(particles, ("track_id", "frame", "cell_id", "zone"))
     zone = particles["zone"].to_numpy()
-    states = np.select([zone == "inside", zone == "membrane"], [V, M], E)
+    states = np.select([zone == INSIDE, zone == MEMBRANE], [V, M], E)
     order = np.lexsort((particles["frame"].to_numpy(), particles["track_id"].to_numpy()))
     sorted_states = states[order]
     was_inside = pd.Series(sorted_states == V).groupby(particles["track_id"].to_numpy()[order]).cummax()

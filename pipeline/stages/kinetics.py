@@ -1,6 +1,6 @@
 """Per-cell kinetics: state counts over time and rates with exact confidence intervals.
 
-Rates (see DESIGN.md "Rates, honestly estimated")
+Rates (see docs/DESIGN.md "Rates, honestly estimated")
 -------------------------------------------------
 Dwell times are exponential with rate ``k``; tracks end for reasons that are
 not biology (movie end, particle leaves the field, lost track), so they are
@@ -44,21 +44,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy.stats import gamma
 
-from pipeline.stages.classify import TIME_SHARE
-from pipeline.vocabulary import BACKGROUND, EVENTS, STATES
+from pipeline.params import Params
+from pipeline.stages.classify import TIME_SHARE, summarize_tracks
+from pipeline.vocabulary import BACKGROUND, EVENTS, RATES, STATE_CODE, STATES
 
 __all__ = ["KineticsParams", "cell_kinetics", "cell_rates", "poisson_rate_ci"]
 
-_M, _V = STATES.index("membrane_bound"), STATES.index("vesicular")
+_M, _V = STATE_CODE["membrane_bound"], STATE_CODE["vesicular"]
 
 
-class KineticsParams(BaseModel):
+class KineticsParams(Params):
     """Parameters of the kinetics stage (``kinetics:`` in a run config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     ci_level: float = Field(
         0.95, gt=0, lt=1, description="Confidence level of the rate, half-life and dwell intervals (fraction)."
@@ -91,6 +90,47 @@ def poisson_rate_ci(n: np.ndarray, time: np.ndarray, ci_level: float) -> tuple[n
         low = np.where(n > 0, gamma.ppf(alpha / 2, np.maximum(n, 1)), 0.0) / t
         high = gamma.ppf(1 - alpha / 2, n + 1) / t
     return rate, low, high
+
+
+def kinetics_tables(
+    particles: pd.DataFrame,
+    events: pd.DataFrame,
+    *,
+    frame_interval_s: float,
+    n_frames: int,
+    params: KineticsParams,
+    cells: pd.DataFrame | None = None,
+) -> dict:
+    """The back end after classification: tracks, per-cell and pooled rates, per-cell time series.
+
+    The one place the tables that follow from states and events are made: the runner's
+    ``kinetics`` stage, recomputation after curation and the tests' ground-truth stores all
+    call it with the same arguments.
+
+    Parameters
+    ----------
+    particles : DataFrame
+        Classified detections (``track_id``, ``frame``, ``cell_id``, ``state``, ...).
+    events : DataFrame
+        Their events (:func:`pipeline.stages.classify.events_from_states`).
+    frame_interval_s : float
+        Time between frames, s.
+    n_frames : int
+        Frames in the movie.
+    params : KineticsParams
+    cells : DataFrame, optional
+        Cell geometry (:func:`pipeline.stages.zones.cell_geometry`).
+
+    Returns
+    -------
+    dict
+        ``tracks``, ``cells``, ``movie`` (DataFrames, layouts in pipeline/README.md) and
+        ``kinetics`` (xarray.Dataset of :func:`cell_kinetics`).
+    """
+    table, movie = cell_rates(particles, events, frame_interval_s=frame_interval_s, params=params, cells=cells)
+    series = cell_kinetics(particles, events, frame_interval_s=frame_interval_s, n_frames=n_frames,
+                           cell_ids=table["cell_id"].to_numpy())
+    return {"tracks": summarize_tracks(particles), "cells": table, "movie": movie, "kinetics": series}
 
 
 def cell_rates(
@@ -255,10 +295,9 @@ def _time_at_risk(particles: pd.DataFrame, dt_min: float) -> tuple[np.ndarray, n
 def _with_estimates(table: pd.DataFrame, ci_level: float) -> pd.DataFrame:
     """Add rates, half-life and dwell (with intervals) from the count and time columns."""
     out = table.copy()
-    for kind, time in (("internalization", "membrane_bound_time_min"), ("release", "vesicular_time_min"),
-                       ("unbinding", "membrane_bound_time_min")):
-        rate, low, high = poisson_rate_ci(out[f"n_{kind}"], out[time], ci_level)
-        out[f"k_{kind}_per_min"], out[f"k_{kind}_per_min_ci_low"], out[f"k_{kind}_per_min_ci_high"] = rate, low, high
+    for column, kind, state in RATES:
+        rate, low, high = poisson_rate_ci(out[f"n_{kind}"], out[f"{state}_time_min"], ci_level)
+        out[column], out[f"{column}_ci_low"], out[f"{column}_ci_high"] = rate, low, high
     with np.errstate(divide="ignore"):
         ln2 = np.log(2.0)
         out["exocytosis_half_life_min"] = ln2 / out["k_release_per_min"]

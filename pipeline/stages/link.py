@@ -56,10 +56,11 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 import trackpy
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from trackpy.linking.utils import SubnetOversizeException
 
 from pipeline.errors import UptrackError
+from pipeline.params import Params
 from pipeline.stages.detect import DetectParams, detect_near
 
 #: Fewest links of the first pass that make a measurement of the brightness spread.
@@ -70,10 +71,8 @@ MIN_LINKS_FOR_MASS = 20
 SEARCH_SIGMAS = 3.5
 
 
-class LinkParams(BaseModel):
+class LinkParams(Params):
     """Parameters of particle linking (config section ``link:``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     max_diffusion_um2_s: float = Field(
         0.1,

@@ -10,7 +10,6 @@ for them and how to pre-fetch them (e.g. on an HPC login node).
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import threading
 import warnings
 from functools import lru_cache
@@ -18,10 +17,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from skimage.segmentation import relabel_sequential
 
 from pipeline.errors import InputError
+from pipeline.params import Params
 
 #: Built-in model names of Cellpose 4 (Cellpose 3's are in ``cellpose.models.MODEL_NAMES``).
 CELLPOSE4_MODELS = ("cpsam",)
@@ -32,10 +32,8 @@ CELLPOSE4_MODELS = ("cpsam",)
 FLOW_STEPS_PER_DIAMETER = 2.5
 
 
-class SegmentParams(BaseModel):
+class SegmentParams(Params):
     """Parameters of the cell segmentation stage (``segment:`` in a run config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(
         "cyto3",
@@ -165,14 +163,29 @@ def load_model(model: str, gpu: Literal["auto", True, False] = "auto"):
     -------
     cellpose.models.CellposeModel
     """
-    weights, _ = resolve_model(model)
+    weights, builtin = resolve_model(model)
     from cellpose import models
 
-    os.environ.setdefault("CELLPOSE_LOCAL_MODELS_PATH", str(models.MODEL_DIR))
-    # Cellpose 3 builds a sparse tensor per frame and torch warns about it every time
-    warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
     with _CELLPOSE_LOCK:
-        return models.CellposeModel(gpu=_use_gpu(gpu), pretrained_model=weights)
+        try:
+            return models.CellposeModel(gpu=_use_gpu(gpu), pretrained_model=weights)
+        except (ValueError, RuntimeError, KeyError) as error:
+            if builtin:
+                raise
+            raise InputError(_incompatible_weights_message(weights, error)) from error
+
+
+def _incompatible_weights_message(weights: str, error: Exception) -> str:
+    """Explain a weights file that the installed Cellpose cannot load (CP3 vs CP4)."""
+    installed = importlib.metadata.version("cellpose")
+    other = "3 (pip install 'cellpose>=3.1,<4')" if cellpose_major_version() >= 4 else "4 (pip install 'cellpose>=4')"
+    return (
+        f"segment.model: the weights file {weights} cannot be loaded by the installed Cellpose {installed} "
+        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Cellpose 3 and 4 "
+        "models are not interchangeable; the model shipped in sample_data/models/ is a Cellpose 3 model. "
+        f"Fix: install Cellpose {other}, or set segment.model to weights trained with Cellpose "
+        f"{cellpose_major_version()} (e.g. retrain with `uptrack train-cellpose`)."
+    )
 
 
 def model_diameter_px(cp_model) -> float:
@@ -265,7 +278,17 @@ def _segment_locked(cells: np.ndarray, *, pixel_size_um: float, params: SegmentP
         kwargs = {"channels": [1, 2], "channel_axis": 0}
     else:
         kwargs = {"channels": [0, 0]}
-    masks = cp_model.eval(
+    with warnings.catch_warnings():
+        # Cellpose 3 builds a sparse tensor per frame and torch warns about it every time
+        warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
+        masks = _evaluate(cp_model, image, diameter, params, pixel_size_um, kwargs)
+    return relabel_sequential(np.asarray(masks, dtype=np.uint32))[0]
+
+
+def _evaluate(cp_model, image: np.ndarray, diameter: float, params: SegmentParams, pixel_size_um: float,
+              kwargs: dict) -> np.ndarray:
+    """One Cellpose ``eval`` call with the stage's parameters (diameter in px)."""
+    return cp_model.eval(
         image,
         diameter=diameter,
         flow_threshold=params.flow_threshold,
@@ -274,4 +297,3 @@ def _segment_locked(cells: np.ndarray, *, pixel_size_um: float, params: SegmentP
         min_size=max(1, int(round(params.min_area_um2 / pixel_size_um**2))),
         **kwargs,
     )[0]
-    return relabel_sequential(np.asarray(masks, dtype=np.uint32))[0]

@@ -17,14 +17,14 @@ a runner can stream label frames from disk without holding the movie in memory.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy.optimize import linear_sum_assignment
 
+from pipeline.params import Params
 
-class CellTrackParams(BaseModel):
+
+class CellTrackParams(Params):
     """Parameters of cell tracking (``track_cells:`` in a run config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     min_iou: float = Field(
         0.2, gt=0, le=1, description="Least intersection over union for two masks to be one cell."

@@ -38,19 +38,18 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy.spatial import cKDTree
 
 from pipeline.errors import UptrackError
-from pipeline.vocabulary import BACKGROUND
+from pipeline.params import Params
+from pipeline.vocabulary import BACKGROUND, INSIDE, MEMBRANE, OUTSIDE
 
 __all__ = ["ZoneParams", "assign_zones", "zones_for_frame", "cell_geometry"]
 
 
-class ZoneParams(BaseModel):
+class ZoneParams(Params):
     """Parameters of the zones stage (``zones:`` in a run config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     membrane_band_um: float = Field(
         0.5,
@@ -179,8 +178,7 @@ def _with_zones(df: pd.DataFrame, cell: np.ndarray, distance_px: np.ndarray, pix
     out["cell_id"] = np.where(distance_um <= params.max_cell_distance_um, cell, BACKGROUND).astype(np.int64)
     out["distance_um"] = distance_um
     band = params.membrane_band_um
-    out["zone"] = np.where(distance_um < -band, "inside",
-                           np.where(np.abs(distance_um) <= band, "membrane", "outside"))
+    out["zone"] = np.where(distance_um < -band, INSIDE, np.where(np.abs(distance_um) <= band, MEMBRANE, OUTSIDE))
     return out
 
 

@@ -18,13 +18,8 @@ from qtpy.QtWidgets import QComboBox, QGridLayout, QGroupBox, QLabel, QLineEdit,
 
 from napari_uptrack._helpers import fill_table
 from pipeline.errors import InputError
-from pipeline.io.curation import (
-    apply_curation,
-    curation_versions,
-    empty_corrections,
-    read_corrections,
-    save_corrections,
-)
+from pipeline.io.curation import curation_versions, empty_corrections, read_corrections, save_corrections
+from pipeline.run.curate import apply_curation
 from pipeline.vocabulary import STATES
 
 FALSE_TRACK = "false track"

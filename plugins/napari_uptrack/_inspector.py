@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 from napari_uptrack._curation_widget import CorrectionPanel
 from napari_uptrack._helpers import fill_table, theme_rc
 from napari_uptrack._layers import open_stores, store_layers, update_points, update_tracks
+from pipeline.eval.report import draw_cell_kinetics
 from pipeline.io.results import Results, load_results
 from pipeline.vocabulary import EVENTS, STATE_COLORS, STATES
 
@@ -43,8 +44,6 @@ ANY_EVENT = "any event"
 PICK_RADIUS_PX = 5.0
 _TRACK_COLUMNS = ["track_id", "first_frame", "last_frame", "n_detections", "final_state"]
 _EVENT_COLUMNS = ["frame", "time_s", "kind", "track_id"]
-_RATES = (("k_internalization_per_min", "internal.", "vesicular"), ("k_release_per_min", "release", "released"),
-          ("k_unbinding_per_min", "unbinding", "extracellular"))
 
 
 class CellInspector(QWidget):
@@ -208,7 +207,7 @@ class CellInspector(QWidget):
         cell = results.cells.set_index("cell_id").loc[cell_id]
         kinetics = results.kinetics.sel(cell_id=cell_id).load()
         with matplotlib.rc_context(theme_rc(self.viewer.theme)):
-            plot_cell(self.figure, cell_id, kinetics, cell, results.movie.iloc[0])
+            draw_cell_kinetics(self.figure, cell_id, kinetics, cell, results.movie.iloc[0])
         self.canvas.draw_idle()
 
     # --- navigation -------------------------------------------------------------------------
@@ -265,43 +264,3 @@ class CellInspector(QWidget):
         cell = cells[0].get_value(position, world=True) if cells else None
         if cell:
             self.select_cell(int(cell))
-
-
-def plot_cell(figure: Figure, cell_id: int, kinetics, cell: pd.Series, movie: pd.Series) -> None:
-    """Draw one cell's kinetics: counts per state, cumulative events, rates with intervals.
-
-    Parameters
-    ----------
-    figure : matplotlib.figure.Figure
-        Cleared and redrawn.
-    cell_id : int
-    kinetics : xarray.Dataset
-        The cell's time series (dim ``frame``, coordinate ``time_s``).
-    cell, movie : pandas.Series
-        The cell's row of the cells table and the movie's pooled row.
-    """
-    figure.clear()
-    figure.set_facecolor(matplotlib.rcParams["figure.facecolor"])
-    counts, cumulative, rates = figure.subplots(3, 1, height_ratios=[3, 2, 2])
-    minutes = kinetics["time_s"].to_numpy() / 60.0
-    for state in STATES:
-        counts.plot(minutes, kinetics[f"n_{state}"], color=STATE_COLORS[state], label=state.replace("_", " "))
-    counts.set_ylabel("particles")
-    counts.set_title(f"cell {cell_id}", fontsize=10)
-    counts.legend(fontsize=7, ncol=2)
-    for kind, state in (("internalization", "vesicular"), ("release", "released")):
-        cumulative.step(minutes, kinetics[f"cum_{kind}"], where="post", color=STATE_COLORS[state], label=kind)
-    cumulative.set_xlabel("time (min)")
-    cumulative.set_ylabel("cumulative")
-    cumulative.legend(fontsize=7)
-    for i, (rate, _, state) in enumerate(_RATES):
-        for offset, row, marker in ((-0.12, cell, "o"), (0.12, movie, "s")):
-            value, low, high = row[rate], row[f"{rate}_ci_low"], row[f"{rate}_ci_high"]
-            if np.isfinite(value):
-                rates.errorbar(i + offset, value, yerr=[[value - low], [high - value]], fmt=marker, capsize=3,
-                               color=STATE_COLORS[state], alpha=1.0 if row is cell else 0.5)
-    rates.set_xticks(range(len(_RATES)), [label for _, label, _ in _RATES])
-    rates.set_xlim(-0.5, len(_RATES) - 0.5)
-    rates.set_ylabel("rate (1/min)")
-    rates.set_title("rates with CIs: ● this cell, ■ movie (pooled)", fontsize=8)
-
