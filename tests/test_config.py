@@ -63,3 +63,11 @@ def test_run_config_paths_expand_variables_like_batch_configs(tmp_path, monkeypa
     assert config.input.path == tmp_path / "data" / "movie.tif"
     assert config.output.dir == tmp_path / "out"
     assert config_module.resolve_path("~/x", tmp_path).startswith(str(tmp_path.home()))
+
+
+@pytest.mark.parametrize("name", ["../..", "..", "a/b", "/tmp/x", " "])
+def test_output_name_cannot_leave_output_dir(tmp_path, name):
+    path = tmp_path / "run.yaml"
+    path.write_text("input:\n  path: movie.tif\n")
+    with pytest.raises(InputError, match="output.name.*plain file name"):
+        load_config(path, [f"output.name={name!r}"])

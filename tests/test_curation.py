@@ -110,10 +110,10 @@ def test_uptrack_kinetics_recomputes_with_the_latest_corrections(truth_store, ca
     assert set(curated.tracks["track_id"]) == set(results.tracks["track_id"])
     pd.testing.assert_frame_equal(load_results(truth_store).cells, results.cells)  # pipeline output untouched
 
-    assert cli(["kinetics", str(truth_store), "--version", "1"]) == 0
+    assert cli(["kinetics", str(truth_store), "--curation", "1"]) == 0
     assert load_results(truth_store, curated=True).cells.set_index("cell_id").loc[cell, "n_internalization"] \
         == len(internalized) - 1
-    assert cli(["kinetics", str(truth_store), "--version", "7"]) == 2
+    assert cli(["kinetics", str(truth_store), "--curation", "7"]) == 2
 
 
 def test_load_results_without_curation_reads_the_pipeline_output(truth_store):
@@ -121,3 +121,16 @@ def test_load_results_without_curation_reads_the_pipeline_output(truth_store):
     assert curated.curation_version is None
     pd.testing.assert_frame_equal(curated.particles, plain.particles)
     np.testing.assert_array_equal(curated.kinetics["n_vesicular"], plain.kinetics["n_vesicular"])
+
+
+def test_kinetics_verb_refuses_an_incomplete_store(truth_store, tmp_path, capsys):
+    """`uptrack kinetics` on an unfinished store is an error (exit 2), not 'no corrections'."""
+    import shutil
+
+    from pipeline.io import store
+
+    partial = tmp_path / "partial.zarr"
+    shutil.copytree(truth_store, partial)
+    store.update_attrs(partial, complete=False)
+    assert cli(["kinetics", str(partial)]) == 2
+    assert "incomplete" in capsys.readouterr().err

@@ -18,7 +18,7 @@ HELP = "recompute kinetics with the corrections saved in the store (writes STORE
 
 def add_arguments(parser) -> None:
     parser.add_argument("store", type=Path, metavar="STORE.zarr", help="a complete store written by uptrack run")
-    parser.add_argument("--version", type=int, metavar="N",
+    parser.add_argument("--curation", type=int, metavar="N",
                         help="curation version to apply (default: the latest)")
 
 
@@ -28,7 +28,8 @@ def main(args) -> int:
     from pipeline.run.curate import apply_curation
     from pipeline.vocabulary import RATES
 
-    version = apply_curation(args.store, version=args.version)
+    load_results(args.store)  # an incomplete or damaged store is an error (exit 2), not "no corrections"
+    version = apply_curation(args.store, version=args.curation)
     if version is None:
         print(f"{args.store}: no corrections saved; the pipeline's kinetics stand. Review and correct "
               "tracks in napari (napari --plugin uptrack STORE.zarr).")

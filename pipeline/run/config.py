@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from pipeline.errors import InputError
 from pipeline.params import Params
@@ -63,6 +63,14 @@ class OutputConfig(Params):
     overwrite: bool = Field(
         False, description="Replace a complete store of the same name instead of stopping."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or value in (".", "..") or "/" in value or "\\" in value):
+            raise ValueError(f"{value!r} is not a plain file name; the store goes inside output.dir, so give a "
+                             "name without '/' or '..' (set output.dir to choose the folder)")
+        return value
 
 
 #: Backends that start Dask workers as batch jobs through dask-jobqueue.
