@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import tifffile
 from skimage.morphology import binary_dilation, disk
-from test_pipeline import tiny_config  # noqa: F401  (the 12-frame simulated run config)
 
 from pipeline.stages.plausibility import (
     background_warnings,
@@ -82,7 +81,7 @@ def test_area_jump_of_a_real_mask_is_reported():
     assert cell_warnings(steady, 4) == []
 
 
-def test_runner_records_warnings_in_the_store(tiny_config, monkeypatch):  # noqa: F811
+def test_runner_records_warnings_in_the_store(tiny_config, monkeypatch):
     from pipeline.io import store
     from pipeline.run import runner
 
