@@ -95,15 +95,79 @@ def test_table_round_trip_is_exact(path, df):
     pd.testing.assert_frame_equal(read_table(path, "t"), df)
 
 
-def test_table_attrs_list_columns_dtypes_units(path, particles):
+def test_table_is_parquet_with_units_read_without_uptrack(path, particles):
+    """Issue 15 "tables readable without uptrack": plain pyarrow and pandas, no uptrack code."""
+    import pyarrow.parquet as pq
+
     store.write_table(path, "particles", particles)
-    attrs = zarr.open_group(path / "tables" / "particles", mode="r").attrs
-    assert attrs["columns"] == list(particles.columns)
-    assert attrs["dtypes"]["frame"] == "int64" and attrs["dtypes"]["zone"] == "str"
-    assert attrs["units"] == {"frame": "frame", "y": "px", "x": "px", "distance_um": "µm"}
-    assert attrs["n_rows"] == 5
+    file = path / "tables" / "particles.parquet"
+    schema = pq.read_schema(file)
+    assert schema.field("distance_um").metadata == {b"unit": "µm".encode()}
+    assert schema.field("x").metadata == {b"unit": b"px"} and schema.field("state").metadata is None
+    meta = json.loads(schema.metadata[b"uptrack"])
+    assert meta["units"] == {"frame": "frame", "y": "px", "x": "px", "distance_um": "µm"}
+    assert meta["n_rows"] == 5 and meta["columns"] == list(particles.columns)
+    plain = pd.read_parquet(file)
+    assert plain["state"].tolist()[:2] == ["membrane_bound", "vesicular"] and pd.isna(plain["state"][2])
+    assert plain["zone"].tolist() == ["membrane", "inside", "inside", "outside", "outside"]
+    assert pq.read_table(file).column("track_id").to_pylist() == [1, 1, 1, 2, 2]
     assert store.column_unit("k_release_per_min_ci_low") is None
     assert store.column_unit("k_release_per_min") == "1/min"
+
+
+def test_categorical_state_column_is_a_parquet_dictionary(path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = pd.DataFrame({"state": pd.Categorical(["vesicular", "released", "vesicular"])})
+    store.write_table(path, "t", df)
+    column = pq.read_table(path / "tables" / "t.parquet").column("state")
+    assert pa.types.is_dictionary(column.type)
+    assert column.to_pylist() == ["vesicular", "released", "vesicular"]
+
+
+def test_duckdb_queries_the_tables(path, particles):
+    duckdb = pytest.importorskip("duckdb")
+    store.write_table(path, "particles", particles)
+    rows = duckdb.sql(
+        f"SELECT state, count(*) FROM read_parquet('{path / 'tables' / '*.parquet'}') "
+        "WHERE state IS NOT NULL GROUP BY state ORDER BY state"
+    ).fetchall()
+    assert rows == [("extracellular", 2), ("membrane_bound", 1), ("vesicular", 1)]
+
+
+def _write_legacy_table(path, name, df, group="tables"):
+    """A table in the format before Parquet: one Zarr array per column, strings as codes."""
+    table = zarr.open_group(path, mode="r+").require_group(group).create_group(name)
+    for column in df.columns:
+        series = df[column]
+        if series.dtype == object or isinstance(series.dtype, pd.StringDtype):
+            cat = series.astype("category")
+            table.create_array(column, data=cat.cat.codes.to_numpy()).attrs.put(
+                {"dtype": str(series.dtype), "categories": cat.cat.categories.tolist(), "ordered": False})
+        else:
+            table.create_array(column, data=series.to_numpy()).attrs.put({"dtype": str(series.dtype)})
+    table.attrs.put({"columns": list(df.columns), "dtypes": {c: str(df[c].dtype) for c in df.columns},
+                     "n_rows": len(df)})
+
+
+def test_legacy_tables_are_read_and_migrated_to_parquet(path, particles):
+    _write_legacy_table(path, "particles", particles)
+    _write_legacy_table(path, "corrections_v1", particles[["track_id", "state"]], group="curation")
+    assert store.has_table(path, "particles") and store.table_names(path) == ["particles"]
+    pd.testing.assert_frame_equal(read_table(path, "particles"), particles)
+    assert store.migrate_tables(path) == ["curation/corrections_v1", "tables/particles"]
+    assert not (path / "tables" / "particles").exists()
+    assert (path / "tables" / "particles.parquet").is_file()
+    pd.testing.assert_frame_equal(pd.read_parquet(path / "tables" / "particles.parquet"), particles)
+    pd.testing.assert_frame_equal(read_table(path, "corrections_v1", group="curation"), particles[["track_id", "state"]])
+    assert store.migrate_tables(path) == []
+
+
+def test_corrupt_table_file_is_an_input_error(path):
+    (path / "tables" / "particles.parquet").write_bytes(b"not parquet")
+    with pytest.raises(InputError, match="particles.parquet: not a readable Parquet table"):
+        read_table(path, "particles")
 
 
 def test_object_column_missing_value_reads_back_as_nan(path):
@@ -331,7 +395,7 @@ WRITERS = {
     "kinetics": lambda path, particles: store.write_kinetics(path, kinetics()),
     "geff": lambda path, particles: store.write_geff(path, particles, 0.2, 3.0),
 }
-TARGETS = {"table": "tables/particles", "kinetics": "kinetics", "geff": "tracks.geff"}
+TARGETS = {"table": "tables/particles.parquet", "kinetics": "kinetics", "geff": "tracks.geff"}
 
 
 @pytest.mark.parametrize("writer", WRITERS)
@@ -347,16 +411,12 @@ def test_failed_write_leaves_no_half_output(path, particles, writer, monkeypatch
 
 def test_failed_rewrite_keeps_previous_table(path, particles, monkeypatch):
     store.write_table(path, "particles", particles)
-    calls = []
 
-    def encode_then_die(series):
-        calls.append(series.name)
-        if len(calls) == 3:
-            raise RuntimeError("killed mid-write")
-        return encode(series)
+    def write_half_then_die(table, where):
+        open(where, "wb").write(b"PAR1 half a file")
+        raise RuntimeError("killed mid-write")
 
-    encode = store._encode_column
-    monkeypatch.setattr(store, "_encode_column", encode_then_die)
+    monkeypatch.setattr(store.pq, "write_table", write_half_then_die)
     with pytest.raises(RuntimeError, match="mid-write"):
         store.write_table(path, "particles", particles.iloc[:2])
     pd.testing.assert_frame_equal(read_table(path, "particles"), particles)

@@ -54,6 +54,8 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import xarray as xr
 import zarr
 from geff.core_io import write_arrays
@@ -71,6 +73,8 @@ TABLES = "tables"
 LABELS = "labels/cells"
 KINETICS = "kinetics"
 GEFF = "tracks.geff"
+#: File suffix of a table: ``tables/particles.parquet``.
+TABLE_SUFFIX = ".parquet"
 _TMP = ".tmp"
 
 #: Column-name suffix -> unit, checked in order.
@@ -162,8 +166,8 @@ def probe(path: str | Path) -> str:
 
 
 def has_table(path: str | Path, name: str, *, group: str = TABLES) -> bool:
-    """Whether the store holds table ``name`` in ``group``."""
-    return (Path(path) / group / name / "zarr.json").exists()
+    """Whether the store holds table ``name`` in ``group`` (Parquet, or the previous Zarr format)."""
+    return table_file(path, name, group=group).exists() or is_legacy_table(path, name, group=group)
 
 
 def _interrupted_creation(path: Path) -> bool:
@@ -290,7 +294,7 @@ def _replace_dir(new: Path, target: Path, aside: Path) -> None:
 
 
 def write_table(path: str | Path, name: str, df: pd.DataFrame, *, group: str = TABLES) -> None:
-    """Write a DataFrame as ``<group>/<name>``, atomically, replacing any previous version.
+    """Write a DataFrame as ``<group>/<name>.parquet``, atomically, replacing any previous version.
 
     Parameters
     ----------
@@ -302,7 +306,15 @@ def write_table(path: str | Path, name: str, df: pd.DataFrame, *, group: str = T
         Columns with string names; numpy numeric/bool, string or category dtypes.
         The index is not stored.
     group : str
-        Group holding the table (``"tables"``; later e.g. ``"curation"``).
+        Group holding the table (``"tables"``; also ``"curation"``, ``"curated"``).
+
+    Notes
+    -----
+    The file is plain Parquet (pyarrow): pandas, polars, R (arrow) and DuckDB read it with
+    no uptrack code. Each field's metadata holds its ``unit`` (from the column-name suffix,
+    where known); the schema metadata ``uptrack`` holds the table name, ``units``,
+    ``dtypes`` and ``n_rows`` (JSON). A table in the previous format (a Zarr group of
+    columns) under the same name is removed once the Parquet file is in place.
     """
     path = Path(path)
     columns = [str(c) for c in df.columns]
@@ -312,33 +324,81 @@ def write_table(path: str | Path, name: str, df: pd.DataFrame, *, group: str = T
         or any("/" in c for c in columns)
     ):
         raise ValueError(f"table {name!r}: column names must be unique strings without '/'")
-    with _staged(path, f"{group}/{name}") as tmp:
-        table = zarr.open_group(tmp, mode="w", zarr_format=3)
-        for column in columns:
-            values, attrs = _encode_column(df[column])
-            table.create_array(column, data=values).attrs.put(attrs)
-        table.attrs.put(
-            {
-                "columns": columns,
-                "dtypes": {c: str(df[c].dtype) for c in columns},
-                "units": {c: unit for c in columns if (unit := column_unit(c))},
-                "n_rows": len(df),
-            }
-        )
+    for column in columns:
+        _check_column(df[column])
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    units = {c: unit for c in columns if (unit := column_unit(c))}
+    table = table.cast(pa.schema(
+        [field.with_metadata({"unit": units[field.name]}) if field.name in units else field for field in table.schema],
+        metadata={**(table.schema.metadata or {}), b"uptrack": json.dumps({
+            "table": name, "columns": columns, "dtypes": {c: str(df[c].dtype) for c in columns},
+            "units": units, "n_rows": len(df), "uptrack_version": __version__}).encode()},
+    ))
+    with _staged(path, f"{group}/{name}{TABLE_SUFFIX}") as tmp:
+        pq.write_table(table, tmp)
+    shutil.rmtree(path / group / name, ignore_errors=True)  # the previous (Zarr) format
 
 
-def _encode_column(series: pd.Series) -> tuple[np.ndarray, dict]:
-    """Array to store for a column, and the attributes needed to decode it."""
+def table_file(path: str | Path, name: str, *, group: str = TABLES) -> Path:
+    """Path of the Parquet file of table ``<group>/<name>`` (whether or not it exists)."""
+    return Path(path) / group / f"{name}{TABLE_SUFFIX}"
+
+
+def is_legacy_table(path: str | Path, name: str, *, group: str = TABLES) -> bool:
+    """Whether ``<group>/<name>`` is in the format before Parquet (a Zarr group of columns)."""
+    return (Path(path) / group / name / "zarr.json").exists()
+
+
+def table_names(path: str | Path, group: str = TABLES) -> list[str]:
+    """Names of the tables in ``group`` (either format), sorted."""
+    folder = Path(path) / group
+    parquet = {p.name.removesuffix(TABLE_SUFFIX) for p in folder.glob(f"*{TABLE_SUFFIX}")}
+    legacy = {p.parent.name for p in folder.glob("*/zarr.json") if "columns" in _json_attrs(p)}
+    return sorted(parquet | legacy)
+
+
+def _json_attrs(zarr_json: Path) -> dict:
+    """The ``attributes`` of a ``zarr.json`` file (empty if unreadable)."""
+    try:
+        return json.loads(zarr_json.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def migrate_tables(path: str | Path) -> list[str]:
+    """Rewrite every table of a store in the previous format (Zarr groups of columns) as Parquet.
+
+    Stores written before tables became Parquet (uptrack 0.1.0 until this change) kept each table as a Zarr group with one array per
+    column (strings as integer codes); they are read as they are, and this makes them
+    readable without uptrack. Safe to rerun: tables already in Parquet are left alone.
+
+    Returns
+    -------
+    list of str
+        The ``group/name`` of each table migrated.
+    """
+    from pipeline.io.results import read_table  # results reads both formats; it imports this module
+
+    path = Path(path)
+    read_attrs(path)
+    done = []
+    for zarr_json in sorted(path.rglob("zarr.json")):
+        folder = zarr_json.parent
+        if folder == path or "columns" not in _json_attrs(zarr_json) or _TMP in folder.relative_to(path).parts:
+            continue
+        group, name = str(folder.parent.relative_to(path)), folder.name
+        write_table(path, name, read_table(path, name, group=group), group=group)
+        done.append(f"{group}/{name}")
+    return done
+
+
+def _check_column(series: pd.Series) -> None:
+    """Refuse a column whose dtype the store does not keep exactly."""
     dtype = series.dtype
     if isinstance(dtype, pd.CategoricalDtype) or _holds_strings(series):
-        categorical = series.astype("category")
-        return categorical.cat.codes.to_numpy(), {
-            "dtype": str(dtype),
-            "categories": categorical.cat.categories.tolist(),
-            "ordered": bool(categorical.cat.ordered),
-        }
+        return
     if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
-        return series.to_numpy(), {"dtype": str(dtype)}
+        return
     raise TypeError(
         f"column {series.name!r}: dtype {dtype} cannot be stored; use a numpy numeric or "
         "bool, string or category dtype"
