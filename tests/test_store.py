@@ -17,6 +17,7 @@ import pipeline
 from pipeline.errors import InputError
 from pipeline.io import store
 from pipeline.io.results import TABLE_COLUMNS, load_results, read_table
+from pipeline.vocabulary import STATES, ZONES
 
 ATTRS = {
     "config": {"input": {"path": "movie.ome.tif"}, "detect": {"diameter": 5}},
@@ -264,7 +265,10 @@ def test_geff_readable_by_geff(path, particles):
     graph, metadata = geff.read(path / "tracks.geff")
     assert graph.number_of_nodes() == 5
     assert sorted(graph.edges) == [(0, 1), (1, 2), (3, 4)]
-    expected = {"t": 1, "y": 11.0, "x": 5.5, "track_id": 1, "cell_id": 3, "state": "vesicular"}
+    codes = metadata.extra["uptrack"]["categories"]
+    assert codes == {"zone": list(ZONES), "state": list(STATES)}
+    expected = {"t": 1, "y": 11.0, "x": 5.5, "track_id": 1, "cell_id": 3, "state": STATES.index("vesicular"),
+                "zone": ZONES.index("inside")}
     assert {key: graph.nodes[1][key] for key in expected} == expected
     assert "state" not in graph.nodes[2]  # missing value
     axes = {ax.name: ax for ax in metadata.axes}
@@ -272,6 +276,43 @@ def test_geff_readable_by_geff(path, particles):
     assert (axes["x"].unit, axes["x"].scale, axes["x"].scaled_unit) == ("pixel", 0.2, "micrometer")
     assert metadata.track_node_props == {"tracklet": "track_id"}
     assert zarr.open_group(path, mode="r")["tracks.geff"].metadata.zarr_format == 3
+
+
+def test_geff_properties_have_units_descriptions_and_no_text_arrays(path, particles):
+    """Issue 15 rows "napari-geff on tracks.geff" (no '<U' dtype) and "units, descriptions, edge properties"."""
+    store.write_geff(path, particles.assign(frame=[0, 1, 3, 0, 1]), pixel_size_um=0.2, frame_interval_s=3.0)
+    geff.validate_structure(path / "tracks.geff")
+    metadata = geff.GeffMetadata.read(path / "tracks.geff")
+    for props in (metadata.node_props_metadata, metadata.edge_props_metadata):
+        for prop in props.values():
+            assert prop.unit and prop.description, prop.identifier
+            assert prop.dtype != "str", prop.identifier
+    assert metadata.node_props_metadata["distance_um"].unit == "micrometer"
+    assert "2 = vesicular" in metadata.node_props_metadata["state"].description
+    group = zarr.open_group(path / "tracks.geff", mode="r")
+    assert all(group["nodes/props"][p]["values"].dtype.kind in "biuf" for p in group["nodes/props"])
+    graph, _ = geff.read(path / "tracks.geff")
+    assert graph.edges[1, 2]["gap_frames"] == 1 and bool(graph.edges[1, 2]["gap_closed"])
+    assert graph.edges[0, 1]["gap_frames"] == 0 and not graph.edges[0, 1]["gap_closed"]
+    assert graph.edges[0, 1]["step_um"] == pytest.approx(0.2 * np.hypot(0.5, 0.5))
+
+
+def test_napari_geff_opens_tracks_with_the_cell_labels(path, particles):
+    """Issue 15 row "napari-geff on tracks.geff": napari-geff's own reader loads tracks and labels."""
+    napari_geff = pytest.importorskip("napari_geff")
+    store.write_labels(path, np.full((3, 8, 8), 3, np.uint32))
+    store.write_geff(path, particles, pixel_size_um=0.2, frame_interval_s=3.0)
+    metadata = geff.GeffMetadata.read(path / "tracks.geff")
+    assert [(o.type, o.path, o.node_prop) for o in metadata.related_objects] == [
+        ("labels", "../labels/cells/0", "cell_id")]
+    reader = napari_geff.get_geff_reader(str(path / "tracks.geff"))
+    assert reader is not None
+    layers = {kind: (data, meta) for data, meta, kind in reader(str(path / "tracks.geff"))}
+    assert set(layers) == {"labels", "tracks"}
+    tracks, meta = layers["tracks"]
+    assert len(tracks) == 5 and meta["scale"] == [3.0, 0.2, 0.2]
+    assert sorted(meta["features"]["state"].dropna().astype(int)) == [0, 0, 1, 2]
+    assert layers["labels"][0].shape == (3, 8, 8)
 
 
 def test_geff_of_no_particles(path):

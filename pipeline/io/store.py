@@ -34,9 +34,13 @@ GEFF
     geff 1.3 writes Zarr v2 by default and v3 on request; the graph is written as
     Zarr v3 so the store stays one v3 hierarchy. Nodes are the rows of the particles
     table (node id = row number) with every column as a property (``frame`` renamed
-    ``t``); edges join consecutive detections of a track. String properties use
-    geff's own encoding (fixed-length unicode, which zarr-python flags as an
-    unstable extension in v3 and which non-Python Zarr readers may not support).
+    ``t``); edges join consecutive detections of a track (``gap_frames``,
+    ``gap_closed``, ``step_um``). Text columns are int8 codes with the mapping in
+    the property description and ``extra.uptrack.categories`` (no fixed-length
+    unicode arrays: napari-geff and non-Python Zarr readers cannot load them); every
+    property has a unit and a description; ``related_objects`` links ``cell_id`` to
+    ``labels/cells``. ``curated/tracks.geff`` is the same graph with the reviewer's
+    corrections (written with the curated tables).
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -59,11 +62,11 @@ import pyarrow.parquet as pq
 import xarray as xr
 import zarr
 from geff.core_io import write_arrays
-from geff_spec import Axis, GeffMetadata
-from zarr.errors import UnstableSpecificationWarning
+from geff_spec import Axis, GeffMetadata, PropMetadata
 
 from pipeline import __version__
 from pipeline.errors import InputError
+from pipeline.vocabulary import STATES, ZONES
 
 #: Root attribute that marks a directory as an uptrack store.
 MARKER = "uptrack_version"
@@ -534,6 +537,37 @@ def write_kinetics(path: str | Path, ds: xr.Dataset, *, name: str = KINETICS) ->
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
 
 
+#: Node property -> (unit, description) of the GEFF graph; the unit "1" marks a dimensionless
+#: number or an id. Columns not listed get their unit from the name (`column_unit`).
+GEFF_NODE_PROPS = {
+    "t": ("frame", "frame index (0-based); times: the t axis scale, s per frame"),
+    "z": ("pixel", "position along z, planes (sub-pixel)"),
+    "y": ("pixel", "position along y, px (sub-pixel)"),
+    "x": ("pixel", "position along x, px (sub-pixel)"),
+    "mass": ("counts", "integrated brightness (trackpy mass), image units"),
+    "size": ("pixel", "radius of gyration of the spot (trackpy size), px"),
+    "ecc": ("1", "eccentricity of the spot (0: round)"),
+    "signal": ("counts", "peak brightness above background (trackpy signal), image units"),
+    "raw_mass": ("counts", "integrated brightness of the raw image (trackpy raw_mass), image units"),
+    "ep": ("pixel", "localisation error estimate, px"),
+    "size_um": ("micrometer", "Gaussian sigma of the object's image, µm"),
+    "integrated_intensity": ("counts", "background-subtracted sum of the object's pixels, image units"),
+    "track_id": ("1", "particle track id (>= 0)"),
+    "cell_id": ("1", "cell the detection belongs to or is nearest to: label value in labels/cells (0: none)"),
+    "distance_um": ("micrometer", "signed distance to the cell's membrane, µm (negative inside)"),
+    "zone": ("1", "zone of the detection"),
+    "state": ("1", "state of the particle at this frame"),
+}
+#: Edge property -> (unit, description).
+GEFF_EDGE_PROPS = {
+    "gap_frames": ("frame", "frames missing between the two detections (0: consecutive frames)"),
+    "gap_closed": ("1", "true when the link bridges a gap (gap_frames > 0), closed by the linker"),
+    "step_um": ("micrometer", "distance between the two detections in y, x, µm"),
+}
+_GEFF_UNITS = {"µm": "micrometer", "µm²": "micrometer^2", "s": "second", "min": "minute", "1/min": "1/minute",
+               "px": "pixel", "frame": "frame"}
+
+
 def write_geff(
     path: str | Path,
     particles: pd.DataFrame,
@@ -541,11 +575,14 @@ def write_geff(
     frame_interval_s: float,
     *,
     z_step_um: float | None = None,
+    name: str = GEFF,
 ) -> None:
-    """Write the particle tracks as a GEFF graph, atomically, to ``tracks.geff``.
+    """Write the particle tracks as a GEFF graph, atomically, to ``name`` (``tracks.geff``).
 
     Parameters
     ----------
+    path : str or Path
+        The store.
     particles : pandas.DataFrame
         The particles table; needs ``frame``, ``y``, ``x`` (px) and ``track_id``.
         Node id = row number; every column becomes a node property (``frame`` as ``t``).
@@ -555,15 +592,33 @@ def write_geff(
         Scale of the t axis, s per frame.
     z_step_um : float, optional
         Scale of the z axis, µm per plane, when particles have a ``z`` column.
+    name : str
+        Path of the graph in the store (``curated/tracks.geff`` for the curated one).
+
+    Notes
+    -----
+    Readable beyond geff-python (napari-geff, Java Zarr readers): no text arrays. Text
+    columns (``state``, ``zone``) are int8 codes (``-1`` and the ``missing`` mask: no
+    value); the code -> name mapping is in the property's description and in
+    ``extra["uptrack"]["categories"]`` (for ``state`` and ``zone`` the order of
+    :data:`pipeline.vocabulary.STATES` / ``ZONES``, the same in every store). Every
+    property has a unit (``"1"``: dimensionless or an id) and a description. Edges
+    carry ``gap_frames``, ``gap_closed`` and ``step_um``. ``related_objects`` points at
+    the level-0 array of ``labels/cells``, whose values are the ``cell_id`` property.
     """
     missing = {"frame", "y", "x", "track_id"} - set(particles.columns)
     if missing:
         raise ValueError(f"write_geff: particles lack columns {sorted(missing)}")
-    props = {
-        "t" if column == "frame" else column: _geff_prop(particles[column])
-        for column in particles.columns
-    }
+    particles = particles.reset_index(drop=True)
+    props, categories = {}, {}
+    for column in particles.columns:
+        prop = "t" if column == "frame" else column
+        props[prop], codes = _geff_prop(particles[column])
+        if codes is not None:
+            categories[prop] = codes
+    edges = _track_edges(particles)
     scales = {"z": z_step_um, "y": pixel_size_um, "x": pixel_size_um}
+    depth = name.count("/") + 1
     metadata = GeffMetadata(
         directed=True,
         axes=[
@@ -575,22 +630,61 @@ def write_geff(
             if ax in particles.columns
         ],
         track_node_props={"tracklet": "track_id"},
-        node_props_metadata={},
+        node_props_metadata={prop: _geff_prop_metadata(prop, values["values"], categories.get(prop))
+                             for prop, values in props.items()},
         edge_props_metadata={},
+        related_objects=[{"type": "labels", "path": "../" * depth + f"{LABELS}/0", "node_prop": "cell_id"}]
+        if (Path(path) / LABELS / "0" / "zarr.json").exists() and "cell_id" in particles.columns else None,
+        extra={"uptrack": {"categories": categories, "missing_code": -1, "uptrack_version": __version__}},
     )
+    edge_props = _geff_edge_props(particles, edges, pixel_size_um)
+    metadata.edge_props_metadata = {prop: _geff_prop_metadata(prop, values["values"], None, GEFF_EDGE_PROPS)
+                                    for prop, values in edge_props.items()}
     node_ids = np.arange(len(particles), dtype=np.uint64)
-    with _staged(Path(path), GEFF) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnstableSpecificationWarning)
-        write_arrays(tmp, node_ids, props, _track_edges(particles), None, metadata, zarr_format=3)
+    with _staged(Path(path), name) as tmp:
+        write_arrays(tmp, node_ids, props, edges, edge_props, metadata, zarr_format=3)
 
 
-def _geff_prop(series: pd.Series) -> dict:
-    """GEFF property arrays (values, missing) of a column; strings as unicode."""
-    if pd.api.types.is_numeric_dtype(series.dtype):
-        return {"values": series.to_numpy(), "missing": None}
-    missing = series.isna().to_numpy()
-    values = series.astype(object).where(~missing, "").to_numpy(dtype=str)
-    return {"values": values, "missing": missing if missing.any() else None}
+def _geff_prop(series: pd.Series) -> tuple[dict, list[str] | None]:
+    """GEFF property arrays (values, missing) of a column, and the code names of a text column."""
+    if pd.api.types.is_bool_dtype(series.dtype) or (
+            isinstance(series.dtype, np.dtype) and series.dtype.kind in "biuf"):
+        return {"values": series.to_numpy(), "missing": None}, None
+    vocabulary = {"state": STATES, "zone": ZONES}.get(str(series.name))
+    text = series.astype(object)
+    names = list(vocabulary) if vocabulary else sorted({str(v) for v in text.dropna()})
+    codes = pd.Categorical(text, categories=names).codes.astype(np.int8 if len(names) < 128 else np.int32)
+    unknown = text.notna().to_numpy() & (codes < 0)
+    if unknown.any():
+        raise ValueError(f"write_geff: column {series.name!r} has values outside {names}: "
+                         f"{sorted(set(text[unknown]))}")
+    missing = codes < 0
+    return {"values": codes, "missing": missing if missing.any() else None}, names
+
+
+def _geff_prop_metadata(prop: str, values: np.ndarray, names: list[str] | None,
+                        known: dict = GEFF_NODE_PROPS) -> PropMetadata:
+    """Unit and description of one GEFF property (codes listed for a text column)."""
+    unit, description = known.get(prop, (None, None))
+    if unit is None:
+        stored = column_unit(prop)
+        unit = _GEFF_UNITS.get(stored, stored) if stored else "1"
+        description = f"column {prop!r} of the particles table (pipeline/README.md)"
+    if names is not None:
+        description += "; int code: " + ", ".join(f"{code} = {name}" for code, name in enumerate(names)) + ", -1 = none"
+    return PropMetadata(identifier=prop, dtype=values.dtype, unit=unit, description=description)
+
+
+def _geff_edge_props(particles: pd.DataFrame, edges: np.ndarray, pixel_size_um: float) -> dict:
+    """``gap_frames``, ``gap_closed`` and ``step_um`` of each edge."""
+    source, target = edges[:, 0].astype(np.intp), edges[:, 1].astype(np.intp)
+    frame = particles["frame"].to_numpy()
+    gap = (frame[target] - frame[source] - 1).astype(np.int64)
+    y, x = particles["y"].to_numpy(float), particles["x"].to_numpy(float)
+    step = np.hypot(y[target] - y[source], x[target] - x[source]) * pixel_size_um
+    return {"gap_frames": {"values": gap, "missing": None},
+            "gap_closed": {"values": gap > 0, "missing": None},
+            "step_um": {"values": step, "missing": None}}
 
 
 def _track_edges(particles: pd.DataFrame) -> np.ndarray:
