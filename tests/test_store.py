@@ -220,7 +220,7 @@ def test_labels_ngff_metadata(path):
     store.create_labels(path, (3, 8, 8))
     store.write_label_frames(path, 1, np.full((2, 8, 8), 7))
     nodes = list(Reader(parse_url(path / "labels" / "cells"))())
-    node = nodes[0]
+    node = next(n for n in nodes if any(isinstance(spec, Label) for spec in n.specs))
     assert {type(spec) for spec in node.specs} >= {Label, Multiscales}
     assert [(ax["name"], ax.get("unit")) for ax in node.metadata["axes"]] == [
         ("t", "second"),
@@ -235,6 +235,72 @@ def test_labels_ngff_metadata(path):
     assert ome == {"version": "0.5", "labels": ["cells"]}
     array = zarr.open_array(path / "labels" / "cells" / "0", mode="r")
     assert array.metadata.zarr_format == 3 and array.metadata.dimension_names == ("t", "y", "x")
+
+
+def _movie(t=3, c=2, y=8, x=12):
+    """A (t, c, z, y, x) movie whose values say where they are: 100 t + 10 c + (y + x) % 10."""
+    tt, cc, yy, xx = np.meshgrid(np.arange(t), np.arange(c), np.arange(y), np.arange(x), indexing="ij")
+    return (100 * tt + 10 * cc + (yy + xx) % 10).astype(np.uint16)[:, :, None]
+
+
+def test_store_root_is_an_ome_zarr_image_with_its_labels(path):
+    """Issue 15 rows "store root as an OME-Zarr image" and "ome-zarr-py Reader on the store"."""
+    from ome_zarr_models.v05.image import Image
+
+    labels = np.zeros((3, 8, 12), np.uint32)
+    labels[:, 2:5, 3:7], labels[:, 5:8, 8:] = 4, 9
+    store.write_labels(path, labels)
+    assert store.label_colors(path) == 2
+    movie = _movie()
+    assert store.write_image(path, da.from_array(movie, chunks=(1, 1, 1, 8, 12)),
+                             channel_names=["cells", "particles"]) == (3, 2, 8, 12)
+
+    image = Image.from_zarr(zarr.open_group(path, mode="r"))  # validates the image and its labels
+    multiscale = image.ome_attributes.multiscales[0]
+    assert [(ax.name, ax.type, ax.unit) for ax in multiscale.axes] == [
+        ("t", "time", "second"), ("c", "channel", None), ("y", "space", "micrometer"), ("x", "space", "micrometer")]
+    assert list(multiscale.datasets[0].coordinateTransformations[0].scale) == [3.0, 1.0, 0.2, 0.2]
+    assert image.labels.label_paths == ["cells"]
+    label = image.labels.get_image_labels_group("cells").ome_attributes.image_label
+    assert [c.label_value for c in label.colors] == [0, 4, 9] and label.source.image == "../../"
+    assert [p.model_dump(by_alias=True) for p in label.properties] == [
+        {"label-value": 0, "cell_id": 0}, {"label-value": 4, "cell_id": 4}, {"label-value": 9, "cell_id": 9}]
+
+    nodes = list(Reader(parse_url(path))())
+    root = nodes[0]
+    assert Multiscales in {type(spec) for spec in root.specs}
+    np.testing.assert_array_equal(root.data[0].compute(), movie[:, :, 0])
+    assert root.metadata["channel_names"] == ["cells", "particles"]
+    assert [ax["name"] for ax in root.metadata["axes"]] == ["t", "c", "y", "x"]
+    cells = next(n for n in nodes if any(isinstance(spec, Label) for spec in n.specs))
+    np.testing.assert_array_equal(cells.data[0].compute(), labels)
+
+
+def test_napari_ome_zarr_opens_the_store_as_movie_and_labels(path):
+    """Issue 15 row "napari-ome-zarr": the store opens as the movie's channels with the cell labels."""
+    reader_module = pytest.importorskip("napari_ome_zarr._reader")
+    labels = np.zeros((3, 8, 12), np.uint32)
+    labels[:, 2:5, 3:7] = 4
+    store.write_labels(path, labels)
+    store.write_image(path, _movie(), channel_names=["cells", "particles"])
+    layers = reader_module.napari_get_reader(str(path))(str(path))
+    kinds = {kind: (data, meta) for data, meta, kind in layers}
+    data, meta = kinds["image"]
+    assert meta["name"] == ["movie: cells", "movie: particles"] and meta["channel_axis"] == 1
+    assert data[0].shape == (3, 2, 8, 12) and list(meta["scale"]) == [3.0, 0.2, 0.2]
+    np.testing.assert_array_equal(np.asarray(kinds["labels"][0][0]), labels)
+
+
+def test_downsampled_image_keeps_physical_scale(path):
+    movie = _movie(y=8, x=12)
+    assert store.write_image(path, movie, channel_names=["a", "b"], downsample=4) == (3, 2, 2, 3)
+    ome = zarr.open_group(path, mode="r").attrs["ome"]
+    dataset = ome["multiscales"][0]["datasets"][0]
+    assert dataset["coordinateTransformations"][0]["scale"] == [3.0, 1.0, 0.8, 0.8]
+    expected = movie[:, :, 0].reshape(3, 2, 2, 4, 3, 4).mean(axis=(3, 5)).round().astype(np.uint16)
+    np.testing.assert_array_equal(zarr.open_array(path / "0", mode="r")[:], expected)
+    with pytest.raises(ValueError, match="channel names"):
+        store.write_image(path, movie, channel_names=["a"])
 
 
 def test_3d_labels_need_z_step(tmp_path):

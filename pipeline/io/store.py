@@ -63,9 +63,19 @@ import xarray as xr
 import zarr
 from geff.core_io import write_arrays
 from geff_spec import Axis, GeffMetadata, PropMetadata
+from ome_zarr_models.common.omero import Channel as OmeroChannel
+from ome_zarr_models.common.omero import Omero
+from ome_zarr_models.common.omero import Window as OmeroWindow
+from ome_zarr_models.v05.axes import Axis as NgffAxis
+from ome_zarr_models.v05.image import ImageAttrs
+from ome_zarr_models.v05.image_label import ImageLabelAttrs
+from ome_zarr_models.v05.image_label_types import Label as NgffLabel
+from ome_zarr_models.v05.multiscales import Dataset as NgffDataset
+from ome_zarr_models.v05.multiscales import Multiscale
 
 from pipeline import __version__
 from pipeline.errors import InputError
+from pipeline.vocabulary import BACKGROUND as BACKGROUND_LABEL
 from pipeline.vocabulary import STATES, ZONES
 
 #: Root attribute that marks a directory as an uptrack store.
@@ -465,33 +475,127 @@ def create_labels(path: str | Path, shape: tuple[int, ...], *, name: str = "cell
     )
 
 
-def _ngff_label_attrs(axes: str, attrs: dict, name: str) -> dict:
-    """NGFF 0.5 multiscales + image-label metadata: t in s, space in µm."""
-    scale = {"t": attrs["frame_interval_s"], "z": attrs.get("z_step_um")}
-    scale["y"] = scale["x"] = attrs["pixel_size_um"]
-    return {
-        "version": "0.5",
-        "multiscales": [
-            {
-                "name": name,
-                "axes": [
-                    {"name": ax, "type": "time", "unit": "second"}
-                    if ax == "t"
-                    else {"name": ax, "type": "space", "unit": "micrometer"}
-                    for ax in axes
-                ],
-                "datasets": [
-                    {
-                        "path": "0",
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": [float(scale[ax]) for ax in axes]}
-                        ],
-                    }
-                ],
-            }
-        ],
-        "image-label": {"colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]}]},
-    }
+def _ngff_axes(axes: str) -> list[NgffAxis]:
+    """NGFF axes: t in s, c a channel axis, z/y/x in µm."""
+    kinds = {"t": ("time", "second"), "c": ("channel", None)}
+    return [NgffAxis(name=ax, type=kinds.get(ax, ("space",))[0], unit=kinds.get(ax, (None, "micrometer"))[1])
+            for ax in axes]
+
+
+def _ngff_scale(axes: str, attrs: dict, factor: int = 1) -> list[float]:
+    """Scale of each axis: s per frame, 1 per channel, µm per plane / per (binned) pixel."""
+    scale = {"t": attrs["frame_interval_s"], "c": 1.0, "z": attrs.get("z_step_um")}
+    scale["y"] = scale["x"] = attrs["pixel_size_um"] * factor
+    return [float(scale[ax]) for ax in axes]
+
+
+def _ngff_label_attrs(axes: str, attrs: dict, name: str, image_label: dict | None = None) -> dict:
+    """NGFF 0.5 multiscales + image-label metadata (built and checked with ome-zarr-models)."""
+    multiscale = Multiscale(axes=_ngff_axes(axes), name=name,
+                            datasets=[NgffDataset.build(path="0", scale=_ngff_scale(axes, attrs), translation=None)])
+    label = NgffLabel(**(image_label or {"colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]}]}),
+                      source={"image": "../../"}, version="0.5")
+    model = ImageLabelAttrs(version="0.5", multiscales=[multiscale], image_label=label)
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def label_colors(path: str | Path, *, name: str = "cells") -> int:
+    """Give every label value of ``labels/<name>`` a colour and a ``cell_id`` property in its NGFF metadata.
+
+    Call once the label image is written (the runner does it in the export stage). Colours are
+    fixed by the id (golden-ratio hues), so a cell keeps its colour between stores and viewers.
+
+    Returns
+    -------
+    int
+        Number of label values described (background 0 excluded).
+    """
+    array = open_labels(path, name=name)
+    ids = [int(v) for v in np.unique(da.from_zarr(array).compute()) if v != BACKGROUND_LABEL]
+    colors = [{"label-value": 0, "rgba": [0, 0, 0, 0]}] + [{"label-value": i, "rgba": _id_rgba(i)} for i in ids]
+    image = zarr.open_group(Path(path) / "labels" / name, mode="r+", zarr_format=3)
+    axes = "".join(array.metadata.dimension_names)
+    image.attrs["ome"] = _ngff_label_attrs(axes, read_attrs(path), name, {
+        "colors": colors, "properties": [{"label-value": i, "cell_id": i} for i in [BACKGROUND_LABEL, *ids]]})
+    return len(ids)
+
+
+def _id_rgba(label: int) -> list[int]:
+    """An opaque colour for a label id (hue by the golden ratio, so neighbours' ids differ)."""
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.75, 0.95)
+    return [round(r * 255), round(g * 255), round(b * 255), 255]
+
+
+# --- the movie as the store's OME-Zarr image ------------------------------------------------
+
+
+def write_image(path: str | Path, data, *, channel_names: list[str], downsample: int = 1) -> tuple[int, ...]:
+    """Write the movie as the store root's OME-Zarr (NGFF 0.5) multiscale image, array ``0``.
+
+    The store root then opens as an image in OME-Zarr readers (ome-zarr-py, napari-ome-zarr,
+    Fiji's OME-Zarr readers), with the label images under ``labels/`` drawn over it.
+
+    Parameters
+    ----------
+    path : str or Path
+        The store; ``pixel_size_um`` and ``frame_interval_s`` attributes give the scales.
+    data : array-like
+        The movie, (t, c, z, y, x) as `pipeline.io.movie.Movie.data` (lazy dask is read one
+        frame and channel at a time); a single plane is stored as (t, c, y, x).
+    channel_names : list of str
+        One name per channel (NGFF ``omero.channels[].label``).
+    downsample : int
+        1: a full-resolution copy. n > 1: y and x binned n × n (mean, the input dtype kept), for
+        movies too big to copy (tens of GB: 2 quarters, 4 sixteenths the size); the scale says
+        ``pixel_size_um × n`` µm per pixel, so the full-resolution labels still line up in
+        physical units.
+
+    Returns
+    -------
+    tuple of int
+        Shape of the array written.
+    """
+    attrs = read_attrs(path)
+    movie = da.asarray(data)
+    if movie.ndim != 5:
+        raise ValueError(f"write_image: the movie must be (t, c, z, y, x), got {movie.ndim} dimensions")
+    if len(channel_names) != movie.shape[1]:
+        raise ValueError(f"write_image: {len(channel_names)} channel names for {movie.shape[1]} channels")
+    if downsample < 1:
+        raise ValueError(f"write_image: downsample must be >= 1, got {downsample}")
+    axes = "tczyx"
+    if movie.shape[2] == 1:
+        movie, axes = movie[:, :, 0], "tcyx"
+    if downsample > 1:
+        binned = da.coarsen(np.mean, movie, {movie.ndim - 2: downsample, movie.ndim - 1: downsample}, trim_excess=True)
+        movie = binned.astype(movie.dtype) if movie.dtype.kind in "f" else da.round(binned).astype(movie.dtype)
+    root = zarr.open_group(path, mode="r+", zarr_format=3)
+    chunks = (1,) * (movie.ndim - 2) + tuple(movie.shape[-2:])
+    array = root.create_array("0", shape=movie.shape, dtype=movie.dtype, chunks=chunks, fill_value=0,
+                              dimension_names=list(axes), overwrite=True)
+    da.store(movie.rechunk(chunks), array, lock=False)
+    multiscale = Multiscale(axes=_ngff_axes(axes), name=Path(path).stem, datasets=[
+        NgffDataset.build(path="0", scale=_ngff_scale(axes, attrs, downsample), translation=None)],
+        metadata={"downsample_yx": downsample, "method": "mean" if downsample > 1 else "copy"})
+    first = movie[0].compute()
+    channels = [_omero_channel(str(label), first[c], index) for index, (c, label) in
+                enumerate(zip(range(movie.shape[1]), channel_names))]
+    image = ImageAttrs(version="0.5", multiscales=[multiscale], omero=Omero(channels=channels))
+    root.attrs["ome"] = image.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return tuple(movie.shape)
+
+
+_CHANNEL_COLORS = ("FFFFFF", "00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF")
+
+
+def _omero_channel(label: str, first_frame: np.ndarray, index: int) -> OmeroChannel:
+    """OMERO channel metadata: name, colour, display window from the first frame's range."""
+    low, high = float(np.min(first_frame)), float(np.max(first_frame))
+    return OmeroChannel(label=label, color=_CHANNEL_COLORS[index % len(_CHANNEL_COLORS)], active=True,
+                        window=OmeroWindow(min=low, max=high if high > low else low + 1, start=low,
+                                           end=high if high > low else low + 1))
 
 
 def open_labels(path: str | Path, *, name: str = "cells", mode: str = "r") -> zarr.Array:
