@@ -88,7 +88,7 @@ def test_run_store_is_an_ome_zarr_image_with_geff_linked_to_labels(sample_run):
     assert image.labels.label_paths == ["cells", "segmentation"]
     root = zarr.open_array(results.path / "0", mode="r")
     assert root.shape == (70, len(results.attrs["channel_names"]), 256, 256)
-    assert [c["label"] for c in image.ome_attributes.omero.model_dump()["channels"]] == results.attrs["channel_names"]
+    assert [c["label"] for c in image.ome_attributes.omero["channels"]] == results.attrs["channel_names"]
     cells = image.labels.get_image_labels_group("cells").ome_attributes.image_label
     assert {c.label_value for c in cells.colors} == {0, *np.unique(results.cell_labels.compute()).tolist()}
     geff.validate_structure(results.path / "tracks.geff")

@@ -24,6 +24,7 @@ VERBS = {
     "evaluate": "evaluate",
     "batch": "batch",
     "compare": "compare",
+    "export": "export",
 }
 
 
