@@ -107,6 +107,8 @@ def test_ctc_labels_and_man_track_read_back(truth_store, tmp_path):
         frames = np.flatnonzero((stack == label).any(axis=(1, 2)))
         assert (frames.min(), frames.max(), len(frames)) == (first, last, last - first + 1)  # unbroken, as CTC needs
         np.testing.assert_array_equal(stack[first] == label, labels[first] == mapping[label])
+        if parent:  # a later stretch of the same cell
+            assert mapping[parent] == mapping[label] and table[table[:, 0] == parent][0, 2] < first
     assert set(mapping) == set(np.unique(stack)) - {0}
 
 

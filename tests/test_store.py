@@ -165,6 +165,21 @@ def test_legacy_tables_are_read_and_migrated_to_parquet(path, particles):
     assert store.migrate_tables(path) == []
 
 
+def test_migrate_verb_upgrades_an_older_store(path, particles, capsys):
+    from pipeline.cli.app import main as cli
+
+    _write_legacy_table(path, "particles", particles)
+    store.write_labels(path, np.full((3, 8, 8), 3, np.uint32))
+    store.mark_complete(path)
+    assert cli(["migrate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 table(s) rewritten as Parquet" in out and "1 cell colour(s)" in out and "no OME-Zarr image" in out
+    pd.testing.assert_frame_equal(pd.read_parquet(path / "tables" / "particles.parquet"), particles)
+    graph, metadata = geff.read(path / "tracks.geff")
+    assert graph.nodes[1]["state"] == STATES.index("vesicular") and metadata.related_objects
+    assert cli(["migrate", str(path.parent / "nothing.zarr")]) == 2
+
+
 def test_corrupt_table_file_is_an_input_error(path):
     (path / "tables" / "particles.parquet").write_bytes(b"not parquet")
     with pytest.raises(InputError, match="particles.parquet: not a readable Parquet table"):

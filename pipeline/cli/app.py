@@ -25,6 +25,7 @@ VERBS = {
     "batch": "batch",
     "compare": "compare",
     "export": "export",
+    "migrate": "migrate",
 }
 
 

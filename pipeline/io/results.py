@@ -188,8 +188,8 @@ def read_table(path: str | Path, name: str, *, group: str = TABLES) -> pd.DataFr
     """Read the table ``<group>/<name>`` of a store as a DataFrame (RangeIndex).
 
     Reads the Parquet file ``<group>/<name>.parquet``; a table in the format before
-    Parquet (a Zarr group of columns, see `pipeline.io.store.migrate_tables`) is read
-    as it is.
+    Parquet (a Zarr group of columns) is read as it is: ``uptrack migrate STORE`` rewrites
+    it as Parquet (`pipeline.io.store.migrate_tables`) so that tools without uptrack read it.
 
     Raises
     ------
