@@ -4,22 +4,35 @@ Layout::
 
     <name>.zarr/             root attributes: uptrack_version, config, input_path,
                              input_checksum, pixel_size_um, frame_interval_s,
-                             channel_names, stages_completed, complete, created, updated
-      tables/<name>          one group per table, one 1-D array per column
-      labels/cells           NGFF 0.5 label image (t, [z,] y, x), uint32, level "0"
+                             channel_names, stages_completed, complete, created, updated;
+                             ``ome``: NGFF 0.5 multiscales + omero of the movie image
+      0                      the movie (t, c, [z,] y, x), full size or binned n x n
+                             (config output.image_downsample), written by the export stage
+      tables/<name>.parquet  one Parquet file per table
+      labels/cells           NGFF 0.5 label image (t, [z,] y, x), uint32, level "0",
+                             image-label colours + cell_id per label, source ../../
       kinetics               xarray Dataset (cell_id x frame), written by ``to_zarr``
       tracks.geff            GEFF graph of the particle tracks, Zarr v3
       .tmp/                  work area of unfinished writes (no Zarr metadata; ignored)
 
 Tables
-    Each column is an array named after it, in the table group. Numeric and bool
-    columns keep their numpy dtype. String columns (pandas ``str``/``string``, or
-    ``object`` holding strings) and ``category`` columns are stored as integer
-    category codes (-1 = missing) with ``categories`` and ``ordered`` in the array
-    attributes, so missing values and categorical dtypes round-trip exactly (a
-    missing value in an ``object`` column reads back as NaN). The group attributes
-    hold ``columns`` (order), ``dtypes`` (pandas dtype names), ``units`` (from the
-    column-name suffix, where known) and ``n_rows``. The index is not stored.
+    Plain Parquet files (pyarrow), read by pandas, polars, R (arrow) and DuckDB with no
+    uptrack code: ``pd.read_parquet("movie.zarr/tables/particles.parquet")``. Numeric
+    and bool columns keep their numpy dtype; string columns stay strings (the words of
+    pipeline/vocabulary.py), ``category`` columns are Parquet dictionaries. Each field's
+    metadata holds its ``unit`` (from the column-name suffix, where known); the schema
+    metadata ``uptrack`` (JSON) holds ``columns``, ``dtypes`` (pandas), ``units`` and
+    ``n_rows``. The index is not stored. Stores written before (tables as Zarr groups of
+    columns, strings as integer codes) are still read; `migrate_tables` (``uptrack
+    migrate``) rewrites them.
+
+Movie image
+    The root is an OME-Zarr image so that OME-Zarr readers open the store with its
+    labels over the movie. Copying the movie doubles the disk used; for movies of tens
+    of GB set ``output.image_downsample`` (2: a quarter of the size, 4: a sixteenth): the
+    scale then says ``pixel_size_um x n`` µm per pixel and the full-size labels still
+    line up in physical units. Metadata is built with ome-zarr-models (validated when
+    written).
 
 Atomicity
     Tables, kinetics and the GEFF graph are written in full under ``.tmp/`` and then
