@@ -165,12 +165,14 @@ def test_legacy_tables_are_read_and_migrated_to_parquet(path, particles):
     assert store.migrate_tables(path) == []
 
 
-def test_migrate_verb_upgrades_an_older_store(path, particles, capsys):
+def test_migrate_verb_upgrades_an_older_store(path, particles, capsys, caplog):
     from pipeline.cli.app import main as cli
 
     _write_legacy_table(path, "particles", particles)
     store.write_labels(path, np.full((3, 8, 8), 3, np.uint32))
     store.mark_complete(path)
+    pd.testing.assert_frame_equal(load_results(path).particles, particles)
+    assert f"run `uptrack migrate {path}`" in caplog.text
     assert cli(["migrate", str(path)]) == 0
     out = capsys.readouterr().out
     assert "1 table(s) rewritten as Parquet" in out and "1 cell colour(s)" in out and "no OME-Zarr image" in out

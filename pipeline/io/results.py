@@ -6,6 +6,7 @@ Tests, the napari plugin, reports and exports use this API, never private paths.
 from __future__ import annotations
 
 import json
+import logging
 from functools import cached_property
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import zarr
 from pipeline.errors import InputError
 from pipeline.io.store import KINETICS, LABELS, TABLES, has_table, is_legacy_table, read_attrs, table_file, table_names
 from pipeline.vocabulary import EVENTS, RATES, STATES
+
+log = logging.getLogger(__name__)
 
 #: Group of the tables and kinetics recomputed with the reviewer's corrections
 #: (written by `pipeline.io.curation`; its attrs name the curation version applied).
@@ -174,6 +177,9 @@ def load_results(path: str | Path, *, allow_partial: bool = False, curated: bool
             f"{path} is incomplete (stages done: {stages}); rerun `uptrack run` with the "
             "same config to resume, or pass allow_partial=True"
         )
+    if is_legacy_table(path, "particles"):
+        log.warning("%s keeps its tables in the format before Parquet (uptrack reads it; other tools do not): "
+                    "run `uptrack migrate %s` to upgrade it", path, path)
     return Results(path, attrs, curation_version=_curated_version(path) if curated else None)
 
 
