@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline.io import store
 from pipeline.io.movie import file_checksum
+from pipeline.run.config import config_from_dict
 from pipeline.sim.simulate import SimulationConfig, simulate, write_simulation
 from pipeline.sim.truth import Truth, load_truth
 from pipeline.stages.classify import events_from_states
@@ -23,7 +25,8 @@ from pipeline.stages.kinetics import KineticsParams, kinetics_tables
 from pipeline.stages.zones import cell_geometry
 from pipeline.vocabulary import STATES
 
-SAMPLE_MOVIE = Path(__file__).resolve().parent.parent / "sample_data" / "demo.ome.tif"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_MOVIE = ROOT / "sample_data" / "demo.ome.tif"
 #: Stage names of ``pipeline.run.runner.STAGES``, all marked done in a built store.
 _STAGES = ("segment", "track_cells", "detect", "link", "zones", "classify", "kinetics", "export")
 _ZONE_OF_STATE = {"membrane_bound": "membrane", "vesicular": "inside"}
@@ -115,3 +118,17 @@ def truth_store(tmp_path, simulated_movie) -> Path:
 def sample_store(tmp_path) -> Path:
     """A complete store of ``sample_data/demo.ome.tif`` built from its ground truth."""
     return build_store(tmp_path / "demo.zarr", SAMPLE_MOVIE, load_truth(SAMPLE_MOVIE))
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A 12-frame 128×128 simulated movie and a run config for it (in-process compute)."""
+    sim = simulate(SimulationConfig(seed=5, shape=(128, 128), n_frames=12, n_cells=2,
+                                    cell_radius_um=(4.0, 6.0)))
+    movie = write_simulation(sim, tmp_path, "tiny")["movie"]
+    raw = yaml.safe_load((ROOT / "configs" / "sample.yaml").read_text())
+    raw["input"]["path"] = str(movie)
+    raw["segment"]["model"] = str(ROOT / "sample_data" / "models" / "uptrack_cells_cp3")
+    raw["output"] = {"dir": str(tmp_path / "results")}
+    raw["compute"] = {"backend": "sync"}
+    return config_from_dict(raw, base=tmp_path, source="tiny.yaml")

@@ -9,6 +9,7 @@ this module through one LocalCluster).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -278,6 +279,8 @@ def test_corrupt_or_missing_movies_fail_alone(batch_run, movies, client, tmp_pat
     assert cli_main(["batch", str(config), "--no-progress"]) == 1  # the real command, on the cluster
     out = capsys.readouterr().out
     assert "1 of 4 movies ok, 3 failed" in out
+    assert (tmp_path / "out" / "ctrl_rep1.report.html").is_file()  # the ok movie's report
+    assert "reports:" in out and "compare:" not in out  # one condition: nothing to compare
 
     table = pd.read_csv(tmp_path / "out" / "batch_summary.csv")
     movies_rows = table[table["level"] == "movie"].set_index("movie")
@@ -381,3 +384,19 @@ def test_batch_killed_with_sigkill_resumes_to_identical_results(batch_run, movie
     expected = report.summary
     pd.testing.assert_frame_equal(summary.drop(columns=["store"]), expected.drop(columns=["store"]),
                                   check_dtype=False)
+
+
+def test_batch_writes_movie_reports_and_the_condition_comparison(batch_run, tmp_path):
+    """ctrl (2 movies) and dyn (1 movie): a report per movie and the ctrl/dyn comparison."""
+    from pipeline.cli.batch import write_reports
+
+    plan, report = batch_run
+    out = tmp_path / "copy"
+    shutil.copytree(plan.output_dir, out, ignore=shutil.ignore_patterns("*.lock"))
+    stores = sorted(out.glob("*.zarr"))
+    written = write_reports(stores, out)
+    assert written["movies"] == 3 and all(s.with_suffix(".report.html").is_file() for s in stores)
+    html = Path(written["compare"]).read_text()
+    assert "dyn" in html and "ctrl" in html
+    ratios = pd.read_csv(out / "compare" / "ratios.csv")
+    assert set(ratios["condition"]) | set(ratios["reference"]) == {"ctrl", "dyn"}

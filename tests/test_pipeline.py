@@ -5,16 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from pipeline import load_results
 from pipeline.cli.app import main as cli_main
 from pipeline.errors import InputError
 from pipeline.eval.evaluate import evaluate
 from pipeline.io import store
-from pipeline.run.config import config_from_dict, load_config
+from pipeline.run.config import load_config
 from pipeline.run.runner import STAGES, Run, run
-from pipeline.sim.simulate import SimulationConfig, simulate, write_simulation
 from pipeline.sim.truth import load_truth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,20 +122,6 @@ def test_rerun_with_overwrite_keeps_a_curated_store(sample_run, tmp_path):
     with pytest.raises(InputError, match="holds curation records"):
         run(again)
     assert len(curation_versions(copy)) == 1
-
-
-@pytest.fixture
-def tiny_config(tmp_path):
-    """A 12-frame 128×128 simulated movie and a run config for it (in-process compute)."""
-    sim = simulate(SimulationConfig(seed=5, shape=(128, 128), n_frames=12, n_cells=2,
-                                    cell_radius_um=(4.0, 6.0)))
-    movie = write_simulation(sim, tmp_path, "tiny")["movie"]
-    raw = yaml.safe_load(SAMPLE_CONFIG.read_text())
-    raw["input"]["path"] = str(movie)
-    raw["segment"]["model"] = str(ROOT / "sample_data" / "models" / "uptrack_cells_cp3")
-    raw["output"] = {"dir": str(tmp_path / "results")}
-    raw["compute"] = {"backend": "sync"}
-    return config_from_dict(raw, base=tmp_path, source="tiny.yaml")
 
 
 def test_killed_run_resumes_at_first_unfinished_stage(tiny_config, monkeypatch):

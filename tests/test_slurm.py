@@ -95,3 +95,20 @@ def test_batch_runs_on_slurm_workers(slurm, tmp_path, capsys):
 
         alone = run(RunConfig.model_validate(alone_config))
         assert_same_results(stored.path, alone)
+
+
+def test_a_job_slurm_can_never_start_is_an_error_not_a_hang(slurm, tmp_path):
+    """More cores than any node has: SLURM would keep the job PENDING (PartitionConfig) for ever."""
+    from pipeline.errors import InputError
+    from pipeline.run.compute import ComputeConfig, dask_client
+
+    node_cpus = max(int(c.rstrip("+")) for c in subprocess.run(
+        ["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split())
+    config = ComputeConfig.model_validate({"backend": "slurm", "jobqueue": {
+        "cores": 2 * node_cpus, "processes": 1, "memory": "1GB", "walltime": "00:05:00",
+        "local_directory": str(tmp_path / "dask"), "jobs": 1}})
+    with pytest.raises(InputError, match=rf"SLURM can never start .*cores={2 * node_cpus}.*sbatch --test-only says"):
+        with dask_client(config):
+            pass
+    queued = subprocess.run(["squeue", "-h", "-n", "uptrack-worker", "-o", "%i"], capture_output=True, text=True)
+    assert queued.stdout.split() == []  # nothing was left waiting in the queue

@@ -47,7 +47,42 @@ def main(args) -> int:
         print(f"  {outcome.name}: {outcome.error}\n    log: {plan.logs_dir / (outcome.name + '.log')}")
     print(f"summary: {report.summary_csv}\n         {report.summary_parquet}")
     print(f"stores:  {plan.output_dir}/<movie>.zarr   logs: {plan.logs_dir}")
+    written = write_reports([o.store for o in report.outcomes if o.status == "ok"], plan.output_dir)
+    if written["movies"]:
+        print(f"reports: {plan.output_dir}/<movie>.report.html ({written['movies']} movies)")
+    if written.get("compare"):
+        print(f"compare: {written['compare']}  (conditions side by side; `uptrack compare` redoes it)")
     return report.exit_code
+
+
+def write_reports(stores: list[Path], output_dir: Path, *, by: str = "condition") -> dict:
+    """Each movie's HTML report beside its store, and the condition comparison when there are two or more.
+
+    A report that cannot be made is a warning: the batch's results stand without it.
+
+    Returns
+    -------
+    dict
+        ``movies``: how many movie reports were written; ``compare``: the comparison report's path (or None).
+    """
+    from pipeline.eval.compare import batch_tables
+    from pipeline.eval.html_report import write_batch_report, write_movie_report
+    from pipeline.io.results import load_results
+
+    written = {"movies": 0, "compare": None}
+    for path in stores:
+        try:
+            write_movie_report(load_results(path))
+            written["movies"] += 1
+        except Exception as exc:  # a report is an extra: never fail the batch for it
+            log.warning("%s: no HTML report (%s: %s)", path, type(exc).__name__, exc)
+    try:
+        cells, spell_table, results = batch_tables(list(stores), by=by)
+        if cells[by].nunique() >= 2:
+            written["compare"] = write_batch_report(cells, spell_table, results, output_dir / "compare")["report"]
+    except Exception as exc:
+        log.warning("no condition comparison (%s: %s); run `uptrack compare %s`", type(exc).__name__, exc, output_dir)
+    return written
 
 
 @contextmanager

@@ -116,6 +116,7 @@ def open_movie(
     frame_interval_s: float | None = None,
     channel_names: list[str] | None = None,
     axes: str | None = None,
+    n_channels: int | None = None,
 ) -> Movie:
     """Open a TIFF, OME-TIFF, ImageJ hyperstack or OME-Zarr movie lazily.
 
@@ -134,6 +135,10 @@ def open_movie(
         Axes of the array as stored, e.g. ``"TCYX"``; overrides the file's axes.
         Needed when the file does not record them (a 3-D plain TIFF is read as
         TYX with a logged warning; 4-D and more raise).
+    n_channels : int, optional
+        For a plain TIFF stored as one page per image (tifffile reports a 3-D page
+        stack): the number of channels, so that ``axes="TCYX"`` (channels
+        interleaved) or ``"CTYX"`` can split the pages into time and channels.
 
     Returns
     -------
@@ -158,6 +163,7 @@ def open_movie(
             f"{path}: unsupported movie format {path.suffix!r}; use TIFF, OME-TIFF or "
             "OME-Zarr (convert other formats with bioformats2raw or Fiji)"
         )
+    data, file_axes = _split_pages(path, data, file_axes, axes, n_channels)
     used_axes = _resolve_axes(path, file_axes, data.ndim, axes)
     data = _to_tczyx(data, used_axes)
     return Movie(
@@ -215,8 +221,9 @@ class _TiffSource:
     pickling and re-opened in the receiving process.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype):
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, axes: str = ""):
         self.path = path
+        self.axes = axes
         self.shape = shape
         self.dtype = dtype
         self.ndim = len(shape)
@@ -225,7 +232,14 @@ class _TiffSource:
     def __getitem__(self, key):
         if self._array is None:
             self._array = _tiff_zarr(tifffile.TiffFile(self.path))
-        return self._array[key]
+        try:
+            return self._array[key]
+        except Exception as exc:  # a codec error (DeflateError, ...) on damaged pixel data
+            raise InputError(
+                f"{self.path}: the pixel data of {_describe_planes(key, self.axes)} cannot be decoded "
+                f"({type(exc).__name__}: {exc}); the file is damaged (an interrupted copy or acquisition?). "
+                "Copy it again from the source, or re-export it from the acquisition software"
+            ) from exc
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_array": None}
@@ -233,6 +247,61 @@ class _TiffSource:
     def __dask_tokenize__(self):
         stat = self.path.stat()
         return (str(self.path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+#: What tifffile logs (and otherwise works around with blank pages) when a file is damaged.
+_DAMAGE = ("invalid page offset", "invalid value offset", "out of range", "truncated", "corrupted")
+
+
+class _TifffileComplaints(logging.Handler):
+    """Collect, while active, what tifffile logs about a damaged file (it carries on with blank frames)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if any(word in text.lower() for word in _DAMAGE):
+            self.messages.append(text)
+
+    def __enter__(self):
+        logging.getLogger("tifffile").addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("tifffile").removeHandler(self)
+
+
+def _check_extent(path: Path, tif: tifffile.TiffFile) -> None:
+    """Refuse a file whose image data runs past its end (a truncated copy)."""
+    size = path.stat().st_size
+    index = len(tif.pages) - 1  # pages are written in order: the last one read is where a cut shows
+    if index < 0:
+        return
+    page = tif.pages[index]
+    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
+    if ends and max(ends) > size:
+        raise InputError(
+            f"{path}: truncated: the image data of page {index} ends at byte {max(ends)} but the file has "
+            f"{size} bytes (an interrupted copy or acquisition?). Copy it again from the source"
+        )
+
+
+def _describe_planes(key, axes: str) -> str:
+    """``key`` (a tuple of slices of the stored array) in words, e.g. ``"T 10, C 0-1"``."""
+    parts = []
+    for axis, item in zip(axes or "", key if isinstance(key, tuple) else (key,), strict=False):
+        if axis in "YX":
+            continue
+        if isinstance(item, slice):
+            start, stop = item.start or 0, item.stop
+            parts.append(f"{axis} {start}" if stop is not None and stop - start == 1 else
+                         f"{axis} {start}-{'' if stop is None else stop - 1}")
+        else:
+            parts.append(f"{axis} {item}")
+    frames = ", ".join(parts)
+    return f"plane(s) {frames} (0-based)" if frames else "an image plane"
 
 
 def _tiff_zarr(tif: tifffile.TiffFile) -> zarr.Array:
@@ -243,8 +312,10 @@ def _tiff_zarr(tif: tifffile.TiffFile) -> zarr.Array:
 
 def _read_tiff(path: Path) -> tuple[da.Array, str, dict]:
     """Lazy pixels, tifffile's axes string and calibration of a TIFF file."""
+    damage = _TifffileComplaints()
     try:
-        with tifffile.TiffFile(path) as tif:
+        with damage, tifffile.TiffFile(path) as tif:
+            _check_extent(path, tif)
             if len(tif.series) > 1:
                 log.warning("%s holds %d image series; reading the first", path, len(tif.series))
             axes = tif.series[0].axes
@@ -255,9 +326,18 @@ def _read_tiff(path: Path) -> tuple[da.Array, str, dict]:
                 meta = _imagej_metadata(tif)
             else:
                 meta = {}
+    except InputError:
+        raise
     except Exception as exc:  # tifffile raises many types on corrupt files
-        raise InputError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})") from exc
-    source = _TiffSource(path, array.shape, array.dtype)
+        raise InputError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc}); the file is damaged or "
+                         "not a TIFF. Copy it again from the source, or re-export it") from exc
+    if damage.messages:
+        raise InputError(
+            f"{path}: the file is damaged or truncated (tifffile: {'; '.join(damage.messages[:3])}); reading it "
+            "would give missing or blank frames. Copy it again from the source (compare its size with the "
+            "original), or re-export it from the acquisition software"
+        )
+    source = _TiffSource(path, array.shape, array.dtype, axes)
     data = da.from_array(source, chunks=array.chunks, meta=np.empty((0,) * array.ndim, array.dtype))
     return data, axes, meta
 
@@ -356,6 +436,30 @@ def _ngff_scale(node: dict, ndim: int) -> np.ndarray:
 
 
 # --- axes and calibration ----------------------------------------------------
+
+
+def _split_pages(path: Path, data: da.Array, file_axes: str, axes: str | None,
+                 n_channels: int | None) -> tuple[da.Array, str]:
+    """Reshape a plain page stack (N, Y, X) to (T, C, Y, X) or (C, T, Y, X) when asked to."""
+    wants_split = axes is not None and len(axes) == data.ndim + 1 and axes.upper()[:2] in ("TC", "CT")
+    if not wants_split:
+        return data, file_axes
+    if data.ndim != 3:
+        return data, file_axes  # _resolve_axes names the mismatch
+    if n_channels is None:
+        raise InputError(
+            f"{path}: the file is a plain stack of {data.shape[0]} pages without axes; to read it as "
+            f"{axes.upper()} give the number of channels: set input.n_channels (e.g. --set input.n_channels=2)"
+        )
+    pages = data.shape[0]
+    if pages % n_channels:
+        raise InputError(
+            f"{path}: {pages} pages cannot be {n_channels} channels × whole frames; check input.n_channels "
+            f"(the page count must be a multiple of it)"
+        )
+    other = pages // n_channels
+    shape = (other, n_channels) if axes.upper()[:2] == "TC" else (n_channels, other)
+    return data.reshape(*shape, *data.shape[1:]), axes.upper()
 
 
 def _resolve_axes(path: Path, file_axes: str, ndim: int, override: str | None) -> str:

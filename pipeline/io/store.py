@@ -810,3 +810,27 @@ def _track_edges(particles: pd.DataFrame) -> np.ndarray:
     order = np.lexsort((particles["frame"].to_numpy(), track))
     same = track[order][1:] == track[order][:-1]
     return np.stack([order[:-1][same], order[1:][same]], axis=1).astype(np.uint64)
+
+
+def staging_path(path: str | Path) -> Path:
+    """Where a run that replaces the complete store at ``path`` writes until it succeeds."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.replacing")
+
+
+def swap_in(staged: str | Path, path: str | Path) -> None:
+    """Put the finished store ``staged`` at ``path``, removing the store it replaces.
+
+    Two renames on one file system: the old store is moved aside, the new one moved in,
+    then the old one deleted; at no moment is there a mixed store at ``path``. Killed
+    between the renames, the old store is left as ``.<name>.old`` beside it.
+    """
+    staged, path = Path(staged), Path(path)
+    aside = path.with_name(f".{path.name}.old")
+    if aside.exists():
+        shutil.rmtree(aside)
+    if path.exists():
+        path.rename(aside)
+    staged.rename(path)
+    if aside.exists():
+        shutil.rmtree(aside)

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
+from pipeline.errors import InputError
 from pipeline.params import Params
 
 log = logging.getLogger(__name__)
@@ -235,11 +237,49 @@ def jobqueue_cluster(config: ComputeConfig) -> Iterator[object]:
         os.makedirs(q.log_directory, exist_ok=True)
     cluster_cls = _cluster_class(config.backend)
     with cluster_cls(**jobqueue_kwargs(config.backend, q)) as cluster:
+        if config.backend == "slurm":
+            check_slurm_job(cluster.job_script(), q)
         if q.adaptive_max_jobs:
             cluster.adapt(minimum_jobs=q.adaptive_min_jobs, maximum_jobs=q.adaptive_max_jobs)
         else:
             cluster.scale(jobs=q.jobs)
         yield cluster
+
+
+def check_slurm_job(script: str, q: JobQueueConfig) -> None:
+    """Ask SLURM whether the worker job could ever start (``sbatch --test-only``), before waiting for it.
+
+    A request no node of the partition can meet (more cores or memory than a node has, a walltime over
+    the partition's limit, an unknown partition or account) would otherwise sit ``PENDING`` for ever
+    while the batch waits for workers that never come.
+
+    Raises
+    ------
+    InputError
+        With SLURM's answer, what the job asks for and how to see what the nodes have.
+    """
+    import subprocess
+    import tempfile
+
+    if shutil.which("sbatch") is None:
+        return  # submission itself will say what is wrong
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as fh:
+        fh.write(script)
+    try:
+        answer = subprocess.run(["sbatch", "--test-only", fh.name], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not ask SLURM whether the worker job can start (%s); submitting anyway", exc)
+        return
+    finally:
+        os.unlink(fh.name)
+    if answer.returncode != 0:
+        said = " ".join((answer.stderr + answer.stdout).split()) or f"exit code {answer.returncode}"
+        raise InputError(
+            f"compute.jobqueue: SLURM can never start the worker jobs this config asks for "
+            f"(cores={q.cores}, memory={q.memory}, walltime={q.walltime}, queue={q.queue}); "
+            f"sbatch --test-only says: {said}. Ask for what a node of the partition has "
+            "(see `sinfo -o '%P %c %m %l'`: cores, memory in MB, time limit) and run again"
+        )
 
 
 def n_worker_processes(config: ComputeConfig) -> int:

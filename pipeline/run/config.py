@@ -51,7 +51,11 @@ class InputConfig(Params):
         None, gt=0, description="Time between frames, s; overrides the file's metadata."
     )
     axes: str | None = Field(
-        None, description="Axes of a plain TIFF without metadata, e.g. TCYX."
+        None, description="Axes of a plain TIFF without metadata, e.g. TCYX (with n_channels for a page stack)."
+    )
+    n_channels: int | None = Field(
+        None, ge=1, description="Channels of a plain TIFF stored as one page per image (T×C pages, "
+                                "channels interleaved as axes says); needed with axes TCYX or CTYX there."
     )
 
 

@@ -50,6 +50,7 @@ import pandas as pd
 from pipeline.errors import InputError
 from pipeline.io import store
 from pipeline.io.curation import curation_versions
+from pipeline.io.lock import store_lock
 from pipeline.io.movie import Movie, file_checksum, open_movie
 from pipeline.io.results import read_table
 from pipeline.run.compute import dask_client, frame_chunks, map_tasks, progress, progress_to
@@ -62,7 +63,7 @@ from pipeline.stages.detect.params import PSF_FRAMES
 from pipeline.stages.kinetics import kinetics_tables
 from pipeline.stages.link import close_gaps, fill_gaps, link_tracks
 from pipeline.stages.motion import directed_runs, motion_segments
-from pipeline.stages.segment import SegmentParams, estimate_diameter_um, segment_frame
+from pipeline.stages.segment import SegmentParams, estimate_diameter_um, resolve_model, segment_frame
 from pipeline.stages.survival import spells, survival_table
 from pipeline.stages.track_cells import CellTracker, relabel
 from pipeline.stages.zones import ZoneParams, cell_geometry, zones_for_frame
@@ -85,6 +86,7 @@ class MovieSpec:
     pixel_size_um: float | None
     frame_interval_s: float | None
     axes: str | None
+    n_channels: int | None = None
 
     def open(self) -> Movie:
         return _open_cached(self)
@@ -93,7 +95,8 @@ class MovieSpec:
 @lru_cache(maxsize=8)
 def _open_cached(spec: MovieSpec) -> Movie:
     return open_movie(spec.path, pixel_size_um=spec.pixel_size_um,
-                      frame_interval_s=spec.frame_interval_s, axes=spec.axes)
+                      frame_interval_s=spec.frame_interval_s, axes=spec.axes,
+                      n_channels=spec.n_channels)
 
 
 def store_path(config: RunConfig) -> Path:
@@ -269,7 +272,7 @@ class Run:
     def __init__(self, config: RunConfig):
         self.config = config
         c = config.input
-        self.spec = MovieSpec(str(c.path), c.pixel_size_um, c.frame_interval_s, c.axes)
+        self.spec = MovieSpec(str(c.path), c.pixel_size_um, c.frame_interval_s, c.axes, c.n_channels)
         self.movie = self.spec.open()
         if self.movie.data.shape[2] != 1:
             raise InputError(f"{c.path}: 3-D (Z) movies are not supported yet; "
@@ -551,19 +554,35 @@ def run(config: RunConfig, *, client=None, metadata: dict | None = None,
     """
     with log_to_file(log_file):
         job = Run(config)
-        done = job.open_store(metadata)
-        todo = [stage for stage in STAGES if stage not in done]
-        options = {"on_stage": on_stage, "on_cluster": stages_on_cluster,
-                   "log_file": None if log_file is None else str(log_file)}
-        if todo:
-            if client is None and todo != ["export"]:
-                with dask_client(config.compute) as own:
-                    _run_stages(job, todo, own, **options)
-            else:
-                _run_stages(job, todo, client, **options)
-        store.mark_complete(job.path)
+        resolve_model(config.segment.model)  # missing weights: an error before any store or cluster exists
+        final = job.path
+        with store_lock(final):
+            staged = job.store_decision(skip_complete=False).action == "replace" and _holds_complete(final)
+            if staged:  # the complete store stays in place until the new one is complete
+                job.path = store.staging_path(final)
+                if job.path.exists():
+                    shutil.rmtree(job.path)
+            done = job.open_store(metadata)
+            todo = [stage for stage in STAGES if stage not in done]
+            options = {"on_stage": on_stage, "on_cluster": stages_on_cluster,
+                       "log_file": None if log_file is None else str(log_file)}
+            if todo:
+                if client is None and todo != ["export"]:
+                    with dask_client(config.compute) as own:
+                        _run_stages(job, todo, own, **options)
+                else:
+                    _run_stages(job, todo, client, **options)
+            store.mark_complete(job.path)
+            if staged:
+                store.swap_in(job.path, final)
+                job.path = final
         log.info("%s complete", job.path)
     return job.path
+
+
+def _holds_complete(path: Path) -> bool:
+    """Whether ``path`` holds a complete uptrack store."""
+    return store.probe(path) == "store" and bool(store.read_attrs(path).get("complete"))
 
 
 def _run_stages(job: Run, stages: list[str], client, *, on_stage=None, on_cluster: bool = False,
