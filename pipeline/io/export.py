@@ -256,13 +256,15 @@ def export_ctc(results: Results, folder: str | Path) -> list[Path]:
                          "have not run); rerun `uptrack run` on the movie")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    frames = [np.asarray(labels[t]) for t in range(labels.shape[0])]
-    segments = _ctc_segments([np.unique(f[f != BACKGROUND]) for f in frames])
+    n_frames = labels.shape[0]
+    ids = [np.unique(np.asarray(labels[t])) for t in range(n_frames)]  # one frame in memory at a time
+    segments = _ctc_segments([i[i != BACKGROUND] for i in ids])
     if len(segments) and segments["label"].max() > np.iinfo(np.uint16).max:
         raise InputError(f"{results.path}: {segments['label'].max()} cell labels; the CTC format holds 65535")
-    digits = max(3, len(str(len(frames) - 1)))
+    digits = max(3, len(str(n_frames - 1)))
     written = []
-    for t, frame in enumerate(frames):
+    for t in range(n_frames):
+        frame = np.asarray(labels[t])
         out = np.zeros(frame.shape, np.uint16)
         for row in segments[(segments["first_frame"] <= t) & (segments["last_frame"] >= t)].itertuples():
             out[frame == row.cell_id] = row.label

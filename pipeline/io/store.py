@@ -524,7 +524,10 @@ def label_colors(path: str | Path, *, name: str = "cells") -> int:
         Number of label values described (background 0 excluded).
     """
     array = open_labels(path, name=name)
-    ids = [int(v) for v in np.unique(da.from_zarr(array).compute()) if v != BACKGROUND_LABEL]
+    found: set[int] = set()
+    for t in range(array.shape[0]):  # one frame in memory at a time
+        found.update(np.unique(array[t]).tolist())
+    ids = sorted(found - {BACKGROUND_LABEL})
     colors = [{"label-value": 0, "rgba": [0, 0, 0, 0]}] + [{"label-value": i, "rgba": _id_rgba(i)} for i in ids]
     image = zarr.open_group(Path(path) / "labels" / name, mode="r+", zarr_format=3)
     axes = "".join(array.metadata.dimension_names)
