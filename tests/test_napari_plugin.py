@@ -230,6 +230,18 @@ def test_filters_choose_the_tracks_shown(inspected, truth_store):
     assert set(inspector.cell_events["kind"]) <= {"release"}
 
     inspector.kind_box.setCurrentText("any event")
+    from pipeline.stages.motion import motion_segments
+
+    motion = motion_segments(results.particles, pixel_size_um=results.pixel_size_um,
+                             frame_interval_s=results.frame_interval_s)
+    classes = motion["motion"].value_counts()
+    assert len(classes) >= 2  # the simulation has particles that move and particles held in place
+    for motion_class in classes.index[:2]:
+        inspector.motion_box.setCurrentText(motion_class)
+        expected = set(motion.loc[motion["motion"] == motion_class, "track_id"])
+        assert set(layers["Tracks"].data[:, 0].astype(int)) == expected
+        assert expected != set(results.tracks["track_id"])  # the filter really removes tracks
+    inspector.motion_box.setCurrentText("any motion")
     for state in ("extracellular", "released"):
         inspector.state_boxes[state].setChecked(False)
     shown = results.tracks[(results.tracks["n_membrane_bound"] + results.tracks["n_vesicular"]) > 0]["track_id"]

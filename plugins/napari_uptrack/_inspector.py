@@ -36,10 +36,13 @@ from napari_uptrack._curation_widget import CorrectionPanel
 from napari_uptrack._helpers import fill_table, theme_rc
 from napari_uptrack._layers import open_stores, store_layers, update_points, update_tracks
 from pipeline.eval.report import draw_cell_kinetics
-from pipeline.io.results import Results, load_results
+from pipeline.io.results import Results, load_results, read_table
+from pipeline.io.store import has_table
+from pipeline.stages.motion import MOTION_CLASSES, motion_segments
 from pipeline.vocabulary import EVENTS, STATE_COLORS, STATES
 
 ANY_EVENT = "any event"
+ANY_MOTION = "any motion"
 #: A click selects the nearest particle of the current frame within this distance, px.
 PICK_RADIUS_PX = 5.0
 _TRACK_COLUMNS = ["track_id", "first_frame", "last_frame", "n_detections", "final_state"]
@@ -78,11 +81,18 @@ class CellInspector(QWidget):
         self.kind_box.currentTextChanged.connect(self.apply_filters)
         self.min_length = QSpinBox(minimum=1, maximum=100_000)
         self.min_length.valueChanged.connect(self.apply_filters)
+        self.motion_box = QComboBox()
+        self.motion_box.addItems([ANY_MOTION, *MOTION_CLASSES])
+        self.motion_box.setToolTip("tracks with at least one segment of this motion class (MSD: D and exponent)")
+        self.motion_box.currentTextChanged.connect(self.apply_filters)
+        self.motion = pd.DataFrame(columns=["track_id", "motion"])
         filters = QGroupBox("Show tracks")
         form = QGridLayout(filters)
         form.addLayout(states, 0, 0, 1, 4)
         for column, widget in enumerate((QLabel("with"), self.kind_box, QLabel("min. detections"), self.min_length)):
             form.addWidget(widget, 1, column)
+        form.addWidget(QLabel("motion"), 2, 0)
+        form.addWidget(self.motion_box, 2, 1)
 
         self.figure = Figure(figsize=(4.5, 5.5), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
@@ -130,6 +140,7 @@ class CellInspector(QWidget):
     def load(self, path: Path | None) -> None:
         """Show the store at ``path`` (its curated tables when it has corrections); None clears."""
         self.results = None if path is None else load_results(path, curated=True)
+        self.motion = self._motion()
         self.correction.set_store(path)
         self.cell_box.blockSignals(True)
         self.cell_box.clear()
@@ -142,10 +153,21 @@ class CellInspector(QWidget):
     def reload(self) -> None:
         """Re-read the store after a correction; update the layers, the plot and the tables."""
         self.results = load_results(self.results.path, curated=True)
+        self.motion = self._motion()
         for layer in store_layers(self.viewer, self.results.path).get("particles", []):
             update_points(layer, self.results.particles)
         self._describe_store()
         self.apply_filters()
+
+    def _motion(self) -> pd.DataFrame:
+        """Motion class of every track segment: the store's table, or measured here (curated or older stores)."""
+        results = self.results
+        if results is None:
+            return pd.DataFrame(columns=["track_id", "motion"])
+        if has_table(results.path, "motion") and not results.curation_version:
+            return read_table(results.path, "motion")
+        return motion_segments(results.particles, pixel_size_um=results.pixel_size_um,
+                               frame_interval_s=results.frame_interval_s)
 
     def _describe_store(self) -> None:
         if self.results is None:
@@ -168,6 +190,9 @@ class CellInspector(QWidget):
         kind = self.kind_box.currentText()
         if kind != ANY_EVENT:
             keep &= tracks["track_id"].isin(events.loc[events["kind"] == kind, "track_id"])
+        motion = self.motion_box.currentText()
+        if motion != ANY_MOTION:
+            keep &= tracks["track_id"].isin(self.motion.loc[self.motion["motion"] == motion, "track_id"])
         self.visible_tracks = tracks.loc[keep, "track_id"].to_numpy()
         layers = store_layers(self.viewer, self.results.path)
         shown = self.results.particles["track_id"].isin(self.visible_tracks).to_numpy()
