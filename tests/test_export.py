@@ -143,3 +143,19 @@ def test_export_verb_writes_each_format_and_curated_needs_curation(truth_store, 
 def test_export_of_a_non_store_is_an_input_error(tmp_path, capsys):
     assert cli(["export", str(tmp_path / "missing.zarr"), "--format", "csv"]) == 2
     assert "no uptrack store there" in capsys.readouterr().err
+
+
+def test_ctc_export_loads_in_geffs_ctc_reader(truth_store, tmp_path):
+    """geff's Cell Tracking Challenge converter reads the export: one node per cell and frame."""
+    import geff
+    from geff.convert import from_ctc_to_geff
+
+    results = load_results(truth_store)
+    export_ctc(results, tmp_path / "ctc")
+    from_ctc_to_geff(tmp_path / "ctc", tmp_path / "cells.geff")
+    graph, _ = geff.read(tmp_path / "cells.geff")
+    labels = results.cell_labels.compute()
+    per_frame = sum(len(set(np.unique(frame).tolist()) - {0}) for frame in labels)
+    assert graph.number_of_nodes() == per_frame
+    table = np.loadtxt(tmp_path / "ctc" / "man_track.txt", dtype=int, ndmin=2)
+    assert graph.number_of_edges() == int((table[:, 2] - table[:, 1]).sum() + (table[:, 3] > 0).sum())
