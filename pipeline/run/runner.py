@@ -13,7 +13,8 @@ link           particle tracks, gap closing, gap filling       tables/particles
 zones          distance to membrane, cell, zone (Dask tasks)   tables/particles
 classify       states over time, events, track table           particles, events, tracks
 kinetics       per-cell time series and rates                  kinetics, cells, movie
-export         GEFF graph of the tracks                        tracks.geff
+export         GEFF graph of the tracks; the movie as the      tracks.geff, 0 (root
+               root OME-Zarr image; cell label colours         image), labels/cells
 =============  ==============================================  =====================
 
 Resume: a stage is marked done in the store's attributes only after its outputs are
@@ -523,8 +524,12 @@ class Run:
             store.write_table(self.path, "colocalization_over_time", colocalization_over_time(coloc, list(markers)))
 
     def export(self, client) -> None:
+        """GEFF graph of the tracks; the movie as the store's OME-Zarr image; one colour per cell label."""
         store.write_geff(self.path, store_table(self.path, "particles"),
                          pixel_size_um=self.px_um, frame_interval_s=self.dt_s)
+        store.write_image(self.path, self.movie.data, channel_names=list(self.movie.channel_names),
+                          downsample=self.config.output.image_downsample)
+        store.label_colors(self.path, name="cells")
 
 
 def store_table(path: Path, name: str) -> pd.DataFrame:
