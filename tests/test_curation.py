@@ -101,6 +101,7 @@ def test_uptrack_kinetics_recomputes_with_the_latest_corrections(truth_store, ca
     assert "applied curation v2" in out and "k_internalization_per_min" in out
     curated = load_results(truth_store, curated=True)
     assert curated.curation_version == 2
+    _assert_curated_geff_has_states(truth_store, curated.particles, set(internalized["track_id"]))
     before, after = results.cells.set_index("cell_id"), curated.cells.set_index("cell_id")
     assert before.loc[cell, "n_internalization"] == len(internalized) > 0
     assert after.loc[cell, "n_internalization"] == 0 and after.loc[cell, "k_internalization_per_min"] == 0
@@ -114,6 +115,21 @@ def test_uptrack_kinetics_recomputes_with_the_latest_corrections(truth_store, ca
     assert load_results(truth_store, curated=True).cells.set_index("cell_id").loc[cell, "n_internalization"] \
         == len(internalized) - 1
     assert cli(["kinetics", str(truth_store), "--curation", "7"]) == 2
+
+
+def _assert_curated_geff_has_states(store, particles, undone):
+    """Issue 15 row "GEFF after curation": curated/tracks.geff carries the corrected states."""
+    import geff
+
+    from pipeline.vocabulary import STATES
+
+    geff.validate_structure(store / "curated" / "tracks.geff")
+    graph, _ = geff.read(store / "curated" / "tracks.geff")
+    states = {node: STATES[data["state"]] for node, data in graph.nodes(data=True) if data["track_id"] in undone}
+    assert states and set(states.values()) == {"membrane_bound"}
+    assert graph.number_of_nodes() == len(particles)
+    pipeline_states = load_results(store).particles.query("track_id in @undone")["state"]
+    assert "vesicular" in set(pipeline_states)  # so the GEFF shows the correction, not the pipeline's states
 
 
 def test_load_results_without_curation_reads_the_pipeline_output(truth_store):

@@ -3,6 +3,7 @@ scored against the sample movie's ground truth; config errors; resume."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline import load_results
@@ -72,6 +73,25 @@ def test_store_holds_every_part_of_the_contract(sample_run):
     assert ds["cum_internalization"].isel(frame=-1).sum() == (results.events["kind"] == "internalization").sum()
     assert set(results.cells["cell_id"]) == set(ds["cell_id"].values)
     assert (results.path / "tracks.geff").is_dir()
+
+
+def test_run_store_is_an_ome_zarr_image_with_geff_linked_to_labels(sample_run):
+    """Issue 15: a real run's store validates as an NGFF 0.5 image (ome-zarr-models), with geff's validator."""
+    import geff
+    import zarr
+    from ome_zarr_models.v05.image import Image
+
+    _, results = sample_run
+    image = Image.from_zarr(zarr.open_group(results.path, mode="r"))
+    assert image.labels.label_paths == ["cells", "segmentation"]
+    root = zarr.open_array(results.path / "0", mode="r")
+    assert root.shape == (70, len(results.attrs["channel_names"]), 256, 256)
+    assert [c["label"] for c in image.ome_attributes.omero["channels"]] == results.attrs["channel_names"]
+    cells = image.labels.get_image_labels_group("cells").ome_attributes.image_label
+    assert {c.label_value for c in cells.colors} == {0, *np.unique(results.cell_labels.compute()).tolist()}
+    geff.validate_structure(results.path / "tracks.geff")
+    metadata = geff.GeffMetadata.read(results.path / "tracks.geff")
+    assert metadata.related_objects[0].path == "../labels/cells/0"
 
 
 def test_rerun_refuses_to_overwrite_complete_results(sample_run, tmp_path):

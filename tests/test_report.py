@@ -89,6 +89,7 @@ def test_uptrack_run_ends_with_the_report_and_stores_the_new_tables(tmp_path, ca
 
     from pipeline.cli.app import main
     from pipeline.io.results import read_table
+    from pipeline.io.store import has_table
     from pipeline.sim.markers import MarkerConfig, add_marker_channel
     from pipeline.sim.simulate import SimulationConfig, simulate, write_simulation
 
@@ -113,5 +114,5 @@ def test_uptrack_run_ends_with_the_report_and_stores_the_new_tables(tmp_path, ca
     store = tmp_path / "results" / "tiny.zarr"
     for name in ("spells", "survival", "motion", "runs", "aggregates", "aggregate_rates", "compartments",
                  "colocalization", "colocalization_over_time"):
-        assert (store / "tables" / name).exists(), name
+        assert has_table(store, name), name
     assert set(read_table(store, "survival")["kind"]) == {"release", "membrane_dwell", "internalization"}

@@ -17,6 +17,7 @@ import pipeline
 from pipeline.errors import InputError
 from pipeline.io import store
 from pipeline.io.results import TABLE_COLUMNS, load_results, read_table
+from pipeline.vocabulary import STATES, ZONES
 
 ATTRS = {
     "config": {"input": {"path": "movie.ome.tif"}, "detect": {"diameter": 5}},
@@ -95,15 +96,96 @@ def test_table_round_trip_is_exact(path, df):
     pd.testing.assert_frame_equal(read_table(path, "t"), df)
 
 
-def test_table_attrs_list_columns_dtypes_units(path, particles):
+def test_table_is_parquet_with_units_read_without_uptrack(path, particles):
+    """Issue 15 "tables readable without uptrack": plain pyarrow and pandas, no uptrack code."""
+    import pyarrow.parquet as pq
+
     store.write_table(path, "particles", particles)
-    attrs = zarr.open_group(path / "tables" / "particles", mode="r").attrs
-    assert attrs["columns"] == list(particles.columns)
-    assert attrs["dtypes"]["frame"] == "int64" and attrs["dtypes"]["zone"] == "str"
-    assert attrs["units"] == {"frame": "frame", "y": "px", "x": "px", "distance_um": "µm"}
-    assert attrs["n_rows"] == 5
+    file = path / "tables" / "particles.parquet"
+    schema = pq.read_schema(file)
+    assert schema.field("distance_um").metadata == {b"unit": "µm".encode()}
+    assert schema.field("x").metadata == {b"unit": b"px"} and schema.field("state").metadata is None
+    meta = json.loads(schema.metadata[b"uptrack"])
+    assert meta["units"] == {"frame": "frame", "y": "px", "x": "px", "distance_um": "µm"}
+    assert meta["n_rows"] == 5 and meta["columns"] == list(particles.columns)
+    plain = pd.read_parquet(file)
+    assert plain["state"].tolist()[:2] == ["membrane_bound", "vesicular"] and pd.isna(plain["state"][2])
+    assert plain["zone"].tolist() == ["membrane", "inside", "inside", "outside", "outside"]
+    assert pq.read_table(file).column("track_id").to_pylist() == [1, 1, 1, 2, 2]
     assert store.column_unit("k_release_per_min_ci_low") is None
     assert store.column_unit("k_release_per_min") == "1/min"
+
+
+def test_categorical_state_column_is_a_parquet_dictionary(path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = pd.DataFrame({"state": pd.Categorical(["vesicular", "released", "vesicular"])})
+    store.write_table(path, "t", df)
+    column = pq.read_table(path / "tables" / "t.parquet").column("state")
+    assert pa.types.is_dictionary(column.type)
+    assert column.to_pylist() == ["vesicular", "released", "vesicular"]
+
+
+def test_duckdb_queries_the_tables(path, particles):
+    duckdb = pytest.importorskip("duckdb")
+    store.write_table(path, "particles", particles)
+    rows = duckdb.sql(
+        f"SELECT state, count(*) FROM read_parquet('{path / 'tables' / '*.parquet'}') "
+        "WHERE state IS NOT NULL GROUP BY state ORDER BY state"
+    ).fetchall()
+    assert rows == [("extracellular", 2), ("membrane_bound", 1), ("vesicular", 1)]
+
+
+def _write_legacy_table(path, name, df, group="tables"):
+    """A table in the format before Parquet: one Zarr array per column, strings as codes."""
+    table = zarr.open_group(path, mode="r+").require_group(group).create_group(name)
+    for column in df.columns:
+        series = df[column]
+        if series.dtype == object or isinstance(series.dtype, pd.StringDtype):
+            cat = series.astype("category")
+            table.create_array(column, data=cat.cat.codes.to_numpy()).attrs.put(
+                {"dtype": str(series.dtype), "categories": cat.cat.categories.tolist(), "ordered": False})
+        else:
+            table.create_array(column, data=series.to_numpy()).attrs.put({"dtype": str(series.dtype)})
+    table.attrs.put({"columns": list(df.columns), "dtypes": {c: str(df[c].dtype) for c in df.columns},
+                     "n_rows": len(df)})
+
+
+def test_legacy_tables_are_read_and_migrated_to_parquet(path, particles):
+    _write_legacy_table(path, "particles", particles)
+    _write_legacy_table(path, "corrections_v1", particles[["track_id", "state"]], group="curation")
+    assert store.has_table(path, "particles") and store.table_names(path) == ["particles"]
+    pd.testing.assert_frame_equal(read_table(path, "particles"), particles)
+    assert store.migrate_tables(path) == ["curation/corrections_v1", "tables/particles"]
+    assert not (path / "tables" / "particles").exists()
+    assert (path / "tables" / "particles.parquet").is_file()
+    pd.testing.assert_frame_equal(pd.read_parquet(path / "tables" / "particles.parquet"), particles)
+    pd.testing.assert_frame_equal(read_table(path, "corrections_v1", group="curation"), particles[["track_id", "state"]])
+    assert store.migrate_tables(path) == []
+
+
+def test_migrate_verb_upgrades_an_older_store(path, particles, capsys, caplog):
+    from pipeline.cli.app import main as cli
+
+    _write_legacy_table(path, "particles", particles)
+    store.write_labels(path, np.full((3, 8, 8), 3, np.uint32))
+    store.mark_complete(path)
+    pd.testing.assert_frame_equal(load_results(path).particles, particles)
+    assert f"run `uptrack migrate {path}`" in caplog.text
+    assert cli(["migrate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 table(s) rewritten as Parquet" in out and "1 cell colour(s)" in out and "no OME-Zarr image" in out
+    pd.testing.assert_frame_equal(pd.read_parquet(path / "tables" / "particles.parquet"), particles)
+    graph, metadata = geff.read(path / "tracks.geff")
+    assert graph.nodes[1]["state"] == STATES.index("vesicular") and metadata.related_objects
+    assert cli(["migrate", str(path.parent / "nothing.zarr")]) == 2
+
+
+def test_corrupt_table_file_is_an_input_error(path):
+    (path / "tables" / "particles.parquet").write_bytes(b"not parquet")
+    with pytest.raises(InputError, match="particles.parquet: not a readable Parquet table"):
+        read_table(path, "particles")
 
 
 def test_object_column_missing_value_reads_back_as_nan(path):
@@ -155,7 +237,7 @@ def test_labels_ngff_metadata(path):
     store.create_labels(path, (3, 8, 8))
     store.write_label_frames(path, 1, np.full((2, 8, 8), 7))
     nodes = list(Reader(parse_url(path / "labels" / "cells"))())
-    node = nodes[0]
+    node = next(n for n in nodes if any(isinstance(spec, Label) for spec in n.specs))
     assert {type(spec) for spec in node.specs} >= {Label, Multiscales}
     assert [(ax["name"], ax.get("unit")) for ax in node.metadata["axes"]] == [
         ("t", "second"),
@@ -170,6 +252,72 @@ def test_labels_ngff_metadata(path):
     assert ome == {"version": "0.5", "labels": ["cells"]}
     array = zarr.open_array(path / "labels" / "cells" / "0", mode="r")
     assert array.metadata.zarr_format == 3 and array.metadata.dimension_names == ("t", "y", "x")
+
+
+def _movie(t=3, c=2, y=8, x=12):
+    """A (t, c, z, y, x) movie whose values say where they are: 100 t + 10 c + (y + x) % 10."""
+    tt, cc, yy, xx = np.meshgrid(np.arange(t), np.arange(c), np.arange(y), np.arange(x), indexing="ij")
+    return (100 * tt + 10 * cc + (yy + xx) % 10).astype(np.uint16)[:, :, None]
+
+
+def test_store_root_is_an_ome_zarr_image_with_its_labels(path):
+    """Issue 15 rows "store root as an OME-Zarr image" and "ome-zarr-py Reader on the store"."""
+    from ome_zarr_models.v05.image import Image
+
+    labels = np.zeros((3, 8, 12), np.uint32)
+    labels[:, 2:5, 3:7], labels[:, 5:8, 8:] = 4, 9
+    store.write_labels(path, labels)
+    assert store.label_colors(path) == 2
+    movie = _movie()
+    assert store.write_image(path, da.from_array(movie, chunks=(1, 1, 1, 8, 12)),
+                             channel_names=["cells", "particles"]) == (3, 2, 8, 12)
+
+    image = Image.from_zarr(zarr.open_group(path, mode="r"))  # validates the image and its labels
+    multiscale = image.ome_attributes.multiscales[0]
+    assert [(ax.name, ax.type, ax.unit) for ax in multiscale.axes] == [
+        ("t", "time", "second"), ("c", "channel", None), ("y", "space", "micrometer"), ("x", "space", "micrometer")]
+    assert list(multiscale.datasets[0].coordinateTransformations[0].scale) == [3.0, 1.0, 0.2, 0.2]
+    assert image.labels.label_paths == ["cells"]
+    label = image.labels.get_image_labels_group("cells").ome_attributes.image_label
+    assert [c.label_value for c in label.colors] == [0, 4, 9] and label.source.image == "../../"
+    assert [p.model_dump(by_alias=True) for p in label.properties] == [
+        {"label-value": 0, "cell_id": 0}, {"label-value": 4, "cell_id": 4}, {"label-value": 9, "cell_id": 9}]
+
+    nodes = list(Reader(parse_url(path))())
+    root = nodes[0]
+    assert Multiscales in {type(spec) for spec in root.specs}
+    np.testing.assert_array_equal(root.data[0].compute(), movie[:, :, 0])
+    assert root.metadata["channel_names"] == ["cells", "particles"]
+    assert [ax["name"] for ax in root.metadata["axes"]] == ["t", "c", "y", "x"]
+    cells = next(n for n in nodes if any(isinstance(spec, Label) for spec in n.specs))
+    np.testing.assert_array_equal(cells.data[0].compute(), labels)
+
+
+def test_napari_ome_zarr_opens_the_store_as_movie_and_labels(path):
+    """Issue 15 row "napari-ome-zarr": the store opens as the movie's channels with the cell labels."""
+    reader_module = pytest.importorskip("napari_ome_zarr._reader")
+    labels = np.zeros((3, 8, 12), np.uint32)
+    labels[:, 2:5, 3:7] = 4
+    store.write_labels(path, labels)
+    store.write_image(path, _movie(), channel_names=["cells", "particles"])
+    layers = reader_module.napari_get_reader(str(path))(str(path))
+    kinds = {kind: (data, meta) for data, meta, kind in layers}
+    data, meta = kinds["image"]
+    assert meta["name"] == ["movie: cells", "movie: particles"] and meta["channel_axis"] == 1
+    assert data[0].shape == (3, 2, 8, 12) and list(meta["scale"]) == [3.0, 0.2, 0.2]
+    np.testing.assert_array_equal(np.asarray(kinds["labels"][0][0]), labels)
+
+
+def test_downsampled_image_keeps_physical_scale(path):
+    movie = _movie(y=8, x=12)
+    assert store.write_image(path, movie, channel_names=["a", "b"], downsample=4) == (3, 2, 2, 3)
+    ome = zarr.open_group(path, mode="r").attrs["ome"]
+    dataset = ome["multiscales"][0]["datasets"][0]
+    assert dataset["coordinateTransformations"][0]["scale"] == [3.0, 1.0, 0.8, 0.8]
+    expected = movie[:, :, 0].reshape(3, 2, 2, 4, 3, 4).mean(axis=(3, 5)).round().astype(np.uint16)
+    np.testing.assert_array_equal(zarr.open_array(path / "0", mode="r")[:], expected)
+    with pytest.raises(ValueError, match="channel names"):
+        store.write_image(path, movie, channel_names=["a"])
 
 
 def test_3d_labels_need_z_step(tmp_path):
@@ -200,7 +348,10 @@ def test_geff_readable_by_geff(path, particles):
     graph, metadata = geff.read(path / "tracks.geff")
     assert graph.number_of_nodes() == 5
     assert sorted(graph.edges) == [(0, 1), (1, 2), (3, 4)]
-    expected = {"t": 1, "y": 11.0, "x": 5.5, "track_id": 1, "cell_id": 3, "state": "vesicular"}
+    codes = metadata.extra["uptrack"]["categories"]
+    assert codes == {"zone": list(ZONES), "state": list(STATES)}
+    expected = {"t": 1, "y": 11.0, "x": 5.5, "track_id": 1, "cell_id": 3, "state": STATES.index("vesicular"),
+                "zone": ZONES.index("inside")}
     assert {key: graph.nodes[1][key] for key in expected} == expected
     assert "state" not in graph.nodes[2]  # missing value
     axes = {ax.name: ax for ax in metadata.axes}
@@ -208,6 +359,43 @@ def test_geff_readable_by_geff(path, particles):
     assert (axes["x"].unit, axes["x"].scale, axes["x"].scaled_unit) == ("pixel", 0.2, "micrometer")
     assert metadata.track_node_props == {"tracklet": "track_id"}
     assert zarr.open_group(path, mode="r")["tracks.geff"].metadata.zarr_format == 3
+
+
+def test_geff_properties_have_units_descriptions_and_no_text_arrays(path, particles):
+    """Issue 15 rows "napari-geff on tracks.geff" (no '<U' dtype) and "units, descriptions, edge properties"."""
+    store.write_geff(path, particles.assign(frame=[0, 1, 3, 0, 1]), pixel_size_um=0.2, frame_interval_s=3.0)
+    geff.validate_structure(path / "tracks.geff")
+    metadata = geff.GeffMetadata.read(path / "tracks.geff")
+    for props in (metadata.node_props_metadata, metadata.edge_props_metadata):
+        for prop in props.values():
+            assert prop.unit and prop.description, prop.identifier
+            assert prop.dtype != "str", prop.identifier
+    assert metadata.node_props_metadata["distance_um"].unit == "micrometer"
+    assert "2 = vesicular" in metadata.node_props_metadata["state"].description
+    group = zarr.open_group(path / "tracks.geff", mode="r")
+    assert all(group["nodes/props"][p]["values"].dtype.kind in "biuf" for p in group["nodes/props"])
+    graph, _ = geff.read(path / "tracks.geff")
+    assert graph.edges[1, 2]["gap_frames"] == 1 and bool(graph.edges[1, 2]["gap_closed"])
+    assert graph.edges[0, 1]["gap_frames"] == 0 and not graph.edges[0, 1]["gap_closed"]
+    assert graph.edges[0, 1]["step_um"] == pytest.approx(0.2 * np.hypot(0.5, 0.5))
+
+
+def test_napari_geff_opens_tracks_with_the_cell_labels(path, particles):
+    """Issue 15 row "napari-geff on tracks.geff": napari-geff's own reader loads tracks and labels."""
+    napari_geff = pytest.importorskip("napari_geff")
+    store.write_labels(path, np.full((3, 8, 8), 3, np.uint32))
+    store.write_geff(path, particles, pixel_size_um=0.2, frame_interval_s=3.0)
+    metadata = geff.GeffMetadata.read(path / "tracks.geff")
+    assert [(o.type, o.path, o.node_prop) for o in metadata.related_objects] == [
+        ("labels", "../labels/cells/0", "cell_id")]
+    reader = napari_geff.get_geff_reader(str(path / "tracks.geff"))
+    assert reader is not None
+    layers = {kind: (data, meta) for data, meta, kind in reader(str(path / "tracks.geff"))}
+    assert set(layers) == {"labels", "tracks"}
+    tracks, meta = layers["tracks"]
+    assert len(tracks) == 5 and meta["scale"] == [3.0, 0.2, 0.2]
+    assert sorted(meta["features"]["state"].dropna().astype(int)) == [0, 0, 1, 2]
+    assert layers["labels"][0].shape == (3, 8, 8)
 
 
 def test_geff_of_no_particles(path):
@@ -331,7 +519,7 @@ WRITERS = {
     "kinetics": lambda path, particles: store.write_kinetics(path, kinetics()),
     "geff": lambda path, particles: store.write_geff(path, particles, 0.2, 3.0),
 }
-TARGETS = {"table": "tables/particles", "kinetics": "kinetics", "geff": "tracks.geff"}
+TARGETS = {"table": "tables/particles.parquet", "kinetics": "kinetics", "geff": "tracks.geff"}
 
 
 @pytest.mark.parametrize("writer", WRITERS)
@@ -347,16 +535,12 @@ def test_failed_write_leaves_no_half_output(path, particles, writer, monkeypatch
 
 def test_failed_rewrite_keeps_previous_table(path, particles, monkeypatch):
     store.write_table(path, "particles", particles)
-    calls = []
 
-    def encode_then_die(series):
-        calls.append(series.name)
-        if len(calls) == 3:
-            raise RuntimeError("killed mid-write")
-        return encode(series)
+    def write_half_then_die(table, where):
+        open(where, "wb").write(b"PAR1 half a file")
+        raise RuntimeError("killed mid-write")
 
-    encode = store._encode_column
-    monkeypatch.setattr(store, "_encode_column", encode_then_die)
+    monkeypatch.setattr(store.pq, "write_table", write_half_then_die)
     with pytest.raises(RuntimeError, match="mid-write"):
         store.write_table(path, "particles", particles.iloc[:2])
     pd.testing.assert_frame_equal(read_table(path, "particles"), particles)

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from pipeline import __version__
 from pipeline.errors import UptrackError
@@ -24,6 +25,8 @@ VERBS = {
     "evaluate": "evaluate",
     "batch": "batch",
     "compare": "compare",
+    "export": "export",
+    "migrate": "migrate",
 }
 
 
@@ -38,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Particle uptake and exocytosis kinetics from live-cell movies.",
     )
     parser.add_argument("--version", action="version", version=f"uptrack {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_log_options(parser, argparse.SUPPRESS)
+    parser.set_defaults(verbose=False, quiet=False)
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name in VERBS:
         try:
@@ -48,9 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # verb not implemented in this version
             raise
         verb_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        _add_log_options(verb_parser, argparse.SUPPRESS)  # -v/-q also after the verb
         module.add_arguments(verb_parser)
         verb_parser.set_defaults(_main=module.main)
     return parser
+
+
+def _add_log_options(parser: argparse.ArgumentParser, default) -> None:
+    """``-v/--verbose`` and ``-q/--quiet``, accepted before and after the verb.
+
+    ``default=SUPPRESS`` on both levels, so an option given before the verb is not reset by the
+    verb's parser; `main` reads them with their defaults (False) set on the top-level parser.
+    """
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="debug logging, and the traceback of an unexpected error")
+    group.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings and errors only")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("pipeline").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if args.verbose and args.quiet:
+        parser.error("-v/--verbose and -q/--quiet exclude each other")
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.getLogger("pipeline").setLevel(level)
     if args.verb is None:
         parser.print_help()
         return 2
@@ -69,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"uptrack {args.verb}: interrupted", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug or an environment problem: one line, the traceback with -v
+        if args.verbose:
+            traceback.print_exc()
+        where = "" if args.verbose else "; run again with -v for the traceback"
+        print(f"uptrack {args.verb}: unexpected error: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
         return 1
 
 

@@ -15,18 +15,25 @@ def add_arguments(parser) -> None:
     parser.add_argument("config", type=Path, help="run config (YAML), e.g. configs/sample.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set detect.min_snr=4 (repeatable)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars or progress lines (bars are drawn only on a terminal; "
+                             "elsewhere progress is plain log lines)")
 
 
 def main(args) -> int:
+    from contextlib import nullcontext
+
     from pipeline.eval.html_report import write_movie_report
     from pipeline.eval.report import plot_kinetics, summary_text
     from pipeline.io.results import load_results
+    from pipeline.run.compute import progress_to
     from pipeline.run.config import load_config
     from pipeline.run.runner import run
     from pipeline.sim.truth import find_truth
 
     config = load_config(args.config, args.overrides)
-    path = run(config)
+    with progress_to(lambda *_: None) if args.no_progress else nullcontext():
+        path = run(config)
     results = load_results(path)
     truth = find_truth(config.input.path)
     text = summary_text(results, truth)

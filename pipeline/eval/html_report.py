@@ -382,8 +382,9 @@ def _aggregates(results, figures: _Figures) -> str:
 def _stored(results, name: str) -> pd.DataFrame | None:
     """A table of the store that not every store has (None when absent)."""
     from pipeline.io.results import read_table
+    from pipeline.io.store import has_table
 
-    if not (results.path / "tables" / name).exists():
+    if not has_table(results.path, name):
         return None
     return read_table(results.path, name)
 

@@ -14,6 +14,7 @@ particles with that version applied::
                                 being written), ``created``
         particles, events, tracks, cells, movie    tables recomputed with version N
         kinetics                per-cell time series recomputed with version N
+        tracks.geff             the GEFF graph of the corrected particles (as tracks.geff)
 
 ``pipeline.io.results.load_results(path, curated=True)`` reads the curated tables.
 
@@ -188,6 +189,9 @@ def write_curated(path: str | Path, tables: dict, version: int) -> None:
     store.write_kinetics(path, tables.pop("kinetics"), name=f"{CURATED}/kinetics")
     for name, table in tables.items():
         store.write_table(path, name, table, group=CURATED)
+    attrs = store.read_attrs(path)
+    store.write_geff(path, tables["particles"], attrs["pixel_size_um"], attrs["frame_interval_s"],
+                     z_step_um=attrs.get("z_step_um"), name=f"{CURATED}/{store.GEFF}")
     store.update_group_attrs(path, CURATED, curation_version=version, created=store.utc_now())
 
 

@@ -5,17 +5,23 @@ Tests, the napari plugin, reports and exports use this API, never private paths.
 
 from __future__ import annotations
 
+import json
+import logging
 from functools import cached_property
 from pathlib import Path
 
 import dask.array as da
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import xarray as xr
 import zarr
 
 from pipeline.errors import InputError
-from pipeline.io.store import KINETICS, LABELS, TABLES, read_attrs
+from pipeline.io.store import KINETICS, LABELS, TABLES, has_table, is_legacy_table, read_attrs, table_file, table_names
 from pipeline.vocabulary import EVENTS, RATES, STATES
+
+log = logging.getLogger(__name__)
 
 #: Group of the tables and kinetics recomputed with the reviewer's corrections
 #: (written by `pipeline.io.curation`; its attrs name the curation version applied).
@@ -138,7 +144,7 @@ class Results:
         return da.from_zarr(zarr.open_array(self.path / LABELS / "0", mode="r", zarr_format=3))
 
     def _table_or_empty(self, name: str) -> pd.DataFrame:
-        if (self.path / self._tables / name / "zarr.json").exists():
+        if has_table(self.path, name, group=self._tables):
             return read_table(self.path, name, group=self._tables)
         return pd.DataFrame({c: pd.Series(dtype=d) for c, d in TABLE_COLUMNS[name].items()})
 
@@ -171,6 +177,9 @@ def load_results(path: str | Path, *, allow_partial: bool = False, curated: bool
             f"{path} is incomplete (stages done: {stages}); rerun `uptrack run` with the "
             "same config to resume, or pass allow_partial=True"
         )
+    if is_legacy_table(path, "particles"):
+        log.warning("%s keeps its tables in the format before Parquet (uptrack reads it; other tools do not): "
+                    "run `uptrack migrate %s` to upgrade it", path, path)
     return Results(path, attrs, curation_version=_curated_version(path) if curated else None)
 
 
@@ -184,6 +193,10 @@ def _curated_version(path: Path) -> int | None:
 def read_table(path: str | Path, name: str, *, group: str = TABLES) -> pd.DataFrame:
     """Read the table ``<group>/<name>`` of a store as a DataFrame (RangeIndex).
 
+    Reads the Parquet file ``<group>/<name>.parquet``; a table in the format before
+    Parquet (a Zarr group of columns) is read as it is: ``uptrack migrate STORE`` rewrites
+    it as Parquet (`pipeline.io.store.migrate_tables`) so that tools without uptrack read it.
+
     Raises
     ------
     InputError
@@ -191,9 +204,15 @@ def read_table(path: str | Path, name: str, *, group: str = TABLES) -> pd.DataFr
     """
     path = Path(path)
     read_attrs(path)
-    if not (path / group / name / "zarr.json").exists():
-        available = sorted(p.parent.name for p in (path / group).glob("*/zarr.json"))
-        raise InputError(f"{path}: no table {group}/{name}; tables there: {available}")
+    file = table_file(path, name, group=group)
+    if file.exists():
+        try:
+            table = pq.read_table(file)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{file}: not a readable Parquet table ({exc}); rerun the stage that writes it") from exc
+        return _restore_dtypes(table.to_pandas(), table.schema.metadata or {})
+    if not is_legacy_table(path, name, group=group):
+        raise InputError(f"{path}: no table {group}/{name}; tables there: {table_names(path, group)}")
     table = zarr.open_group(path / group / name, mode="r", zarr_format=3)
     columns = table.attrs["columns"]
     return pd.DataFrame(
@@ -203,8 +222,16 @@ def read_table(path: str | Path, name: str, *, group: str = TABLES) -> pd.DataFr
     )
 
 
+def _restore_dtypes(df: pd.DataFrame, metadata: dict) -> pd.DataFrame:
+    """Give ``object`` columns of strings back their dtype (pandas reads Parquet strings as ``str``)."""
+    dtypes = json.loads(metadata.get(b"uptrack", b"{}")).get("dtypes", {})
+    for column in [c for c, dtype in dtypes.items() if dtype == "object" and c in df.columns]:
+        df[column] = df[column].astype(object)
+    return df
+
+
 def _decode_column(array: zarr.Array) -> pd.Series:
-    """A stored column back as a Series of its original dtype."""
+    """A column of the previous (Zarr) table format back as a Series of its original dtype."""
     values = array[:]
     attrs = array.attrs
     if "categories" in attrs:

@@ -4,22 +4,35 @@ Layout::
 
     <name>.zarr/             root attributes: uptrack_version, config, input_path,
                              input_checksum, pixel_size_um, frame_interval_s,
-                             channel_names, stages_completed, complete, created, updated
-      tables/<name>          one group per table, one 1-D array per column
-      labels/cells           NGFF 0.5 label image (t, [z,] y, x), uint32, level "0"
+                             channel_names, stages_completed, complete, created, updated;
+                             ``ome``: NGFF 0.5 multiscales + omero of the movie image
+      0                      the movie (t, c, [z,] y, x), full size or binned n x n
+                             (config output.image_downsample), written by the export stage
+      tables/<name>.parquet  one Parquet file per table
+      labels/cells           NGFF 0.5 label image (t, [z,] y, x), uint32, level "0",
+                             image-label colours + cell_id per label, source ../../
       kinetics               xarray Dataset (cell_id x frame), written by ``to_zarr``
       tracks.geff            GEFF graph of the particle tracks, Zarr v3
       .tmp/                  work area of unfinished writes (no Zarr metadata; ignored)
 
 Tables
-    Each column is an array named after it, in the table group. Numeric and bool
-    columns keep their numpy dtype. String columns (pandas ``str``/``string``, or
-    ``object`` holding strings) and ``category`` columns are stored as integer
-    category codes (-1 = missing) with ``categories`` and ``ordered`` in the array
-    attributes, so missing values and categorical dtypes round-trip exactly (a
-    missing value in an ``object`` column reads back as NaN). The group attributes
-    hold ``columns`` (order), ``dtypes`` (pandas dtype names), ``units`` (from the
-    column-name suffix, where known) and ``n_rows``. The index is not stored.
+    Plain Parquet files (pyarrow), read by pandas, polars, R (arrow) and DuckDB with no
+    uptrack code: ``pd.read_parquet("movie.zarr/tables/particles.parquet")``. Numeric
+    and bool columns keep their numpy dtype; string columns stay strings (the words of
+    pipeline/vocabulary.py), ``category`` columns are Parquet dictionaries. Each field's
+    metadata holds its ``unit`` (from the column-name suffix, where known); the schema
+    metadata ``uptrack`` (JSON) holds ``columns``, ``dtypes`` (pandas), ``units`` and
+    ``n_rows``. The index is not stored. Stores written before (tables as Zarr groups of
+    columns, strings as integer codes) are still read; `migrate_tables` (``uptrack
+    migrate``) rewrites them.
+
+Movie image
+    The root is an OME-Zarr image so that OME-Zarr readers open the store with its
+    labels over the movie. Copying the movie doubles the disk used; for movies of tens
+    of GB set ``output.image_downsample`` (2: a quarter of the size, 4: a sixteenth): the
+    scale then says ``pixel_size_um x n`` µm per pixel and the full-size labels still
+    line up in physical units. Metadata is built with ome-zarr-models (validated when
+    written).
 
 Atomicity
     Tables, kinetics and the GEFF graph are written in full under ``.tmp/`` and then
@@ -34,9 +47,13 @@ GEFF
     geff 1.3 writes Zarr v2 by default and v3 on request; the graph is written as
     Zarr v3 so the store stays one v3 hierarchy. Nodes are the rows of the particles
     table (node id = row number) with every column as a property (``frame`` renamed
-    ``t``); edges join consecutive detections of a track. String properties use
-    geff's own encoding (fixed-length unicode, which zarr-python flags as an
-    unstable extension in v3 and which non-Python Zarr readers may not support).
+    ``t``); edges join consecutive detections of a track (``gap_frames``,
+    ``gap_closed``, ``step_um``). Text columns are int8 codes with the mapping in
+    the property description and ``extra.uptrack.categories`` (no fixed-length
+    unicode arrays: napari-geff and non-Python Zarr readers cannot load them); every
+    property has a unit and a description; ``related_objects`` links ``cell_id`` to
+    ``labels/cells``. ``curated/tracks.geff`` is the same graph with the reviewer's
+    corrections (written with the curated tables).
 """
 
 from __future__ import annotations
@@ -45,7 +62,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -54,14 +70,26 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import xarray as xr
 import zarr
 from geff.core_io import write_arrays
-from geff_spec import Axis, GeffMetadata
-from zarr.errors import UnstableSpecificationWarning
+from geff_spec import Axis, GeffMetadata, PropMetadata
+from ome_zarr_models.common.omero import Channel as OmeroChannel
+from ome_zarr_models.common.omero import Omero
+from ome_zarr_models.common.omero import Window as OmeroWindow
+from ome_zarr_models.v05.axes import Axis as NgffAxis
+from ome_zarr_models.v05.image import ImageAttrs
+from ome_zarr_models.v05.image_label import ImageLabelAttrs
+from ome_zarr_models.v05.image_label_types import Label as NgffLabel
+from ome_zarr_models.v05.multiscales import Dataset as NgffDataset
+from ome_zarr_models.v05.multiscales import Multiscale
 
 from pipeline import __version__
 from pipeline.errors import InputError
+from pipeline.vocabulary import BACKGROUND as BACKGROUND_LABEL
+from pipeline.vocabulary import STATES, ZONES
 
 #: Root attribute that marks a directory as an uptrack store.
 MARKER = "uptrack_version"
@@ -71,6 +99,8 @@ TABLES = "tables"
 LABELS = "labels/cells"
 KINETICS = "kinetics"
 GEFF = "tracks.geff"
+#: File suffix of a table: ``tables/particles.parquet``.
+TABLE_SUFFIX = ".parquet"
 _TMP = ".tmp"
 
 #: Column-name suffix -> unit, checked in order.
@@ -162,8 +192,8 @@ def probe(path: str | Path) -> str:
 
 
 def has_table(path: str | Path, name: str, *, group: str = TABLES) -> bool:
-    """Whether the store holds table ``name`` in ``group``."""
-    return (Path(path) / group / name / "zarr.json").exists()
+    """Whether the store holds table ``name`` in ``group`` (Parquet, or the previous Zarr format)."""
+    return table_file(path, name, group=group).exists() or is_legacy_table(path, name, group=group)
 
 
 def _interrupted_creation(path: Path) -> bool:
@@ -290,7 +320,7 @@ def _replace_dir(new: Path, target: Path, aside: Path) -> None:
 
 
 def write_table(path: str | Path, name: str, df: pd.DataFrame, *, group: str = TABLES) -> None:
-    """Write a DataFrame as ``<group>/<name>``, atomically, replacing any previous version.
+    """Write a DataFrame as ``<group>/<name>.parquet``, atomically, replacing any previous version.
 
     Parameters
     ----------
@@ -302,7 +332,15 @@ def write_table(path: str | Path, name: str, df: pd.DataFrame, *, group: str = T
         Columns with string names; numpy numeric/bool, string or category dtypes.
         The index is not stored.
     group : str
-        Group holding the table (``"tables"``; later e.g. ``"curation"``).
+        Group holding the table (``"tables"``; also ``"curation"``, ``"curated"``).
+
+    Notes
+    -----
+    The file is plain Parquet (pyarrow): pandas, polars, R (arrow) and DuckDB read it with
+    no uptrack code. Each field's metadata holds its ``unit`` (from the column-name suffix,
+    where known); the schema metadata ``uptrack`` holds the table name, ``units``,
+    ``dtypes`` and ``n_rows`` (JSON). A table in the previous format (a Zarr group of
+    columns) under the same name is removed once the Parquet file is in place.
     """
     path = Path(path)
     columns = [str(c) for c in df.columns]
@@ -312,33 +350,81 @@ def write_table(path: str | Path, name: str, df: pd.DataFrame, *, group: str = T
         or any("/" in c for c in columns)
     ):
         raise ValueError(f"table {name!r}: column names must be unique strings without '/'")
-    with _staged(path, f"{group}/{name}") as tmp:
-        table = zarr.open_group(tmp, mode="w", zarr_format=3)
-        for column in columns:
-            values, attrs = _encode_column(df[column])
-            table.create_array(column, data=values).attrs.put(attrs)
-        table.attrs.put(
-            {
-                "columns": columns,
-                "dtypes": {c: str(df[c].dtype) for c in columns},
-                "units": {c: unit for c in columns if (unit := column_unit(c))},
-                "n_rows": len(df),
-            }
-        )
+    for column in columns:
+        _check_column(df[column])
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    units = {c: unit for c in columns if (unit := column_unit(c))}
+    table = table.cast(pa.schema(
+        [field.with_metadata({"unit": units[field.name]}) if field.name in units else field for field in table.schema],
+        metadata={**(table.schema.metadata or {}), b"uptrack": json.dumps({
+            "table": name, "columns": columns, "dtypes": {c: str(df[c].dtype) for c in columns},
+            "units": units, "n_rows": len(df), "uptrack_version": __version__}).encode()},
+    ))
+    with _staged(path, f"{group}/{name}{TABLE_SUFFIX}") as tmp:
+        pq.write_table(table, tmp)
+    shutil.rmtree(path / group / name, ignore_errors=True)  # the previous (Zarr) format
 
 
-def _encode_column(series: pd.Series) -> tuple[np.ndarray, dict]:
-    """Array to store for a column, and the attributes needed to decode it."""
+def table_file(path: str | Path, name: str, *, group: str = TABLES) -> Path:
+    """Path of the Parquet file of table ``<group>/<name>`` (whether or not it exists)."""
+    return Path(path) / group / f"{name}{TABLE_SUFFIX}"
+
+
+def is_legacy_table(path: str | Path, name: str, *, group: str = TABLES) -> bool:
+    """Whether ``<group>/<name>`` is in the format before Parquet (a Zarr group of columns)."""
+    return (Path(path) / group / name / "zarr.json").exists()
+
+
+def table_names(path: str | Path, group: str = TABLES) -> list[str]:
+    """Names of the tables in ``group`` (either format), sorted."""
+    folder = Path(path) / group
+    parquet = {p.name.removesuffix(TABLE_SUFFIX) for p in folder.glob(f"*{TABLE_SUFFIX}")}
+    legacy = {p.parent.name for p in folder.glob("*/zarr.json") if "columns" in _json_attrs(p)}
+    return sorted(parquet | legacy)
+
+
+def _json_attrs(zarr_json: Path) -> dict:
+    """The ``attributes`` of a ``zarr.json`` file (empty if unreadable)."""
+    try:
+        return json.loads(zarr_json.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def migrate_tables(path: str | Path) -> list[str]:
+    """Rewrite every table of a store in the previous format (Zarr groups of columns) as Parquet.
+
+    Stores written before tables became Parquet (uptrack 0.1.0 until this change) kept each table as a Zarr group with one array per
+    column (strings as integer codes); they are read as they are, and this makes them
+    readable without uptrack. Safe to rerun: tables already in Parquet are left alone.
+
+    Returns
+    -------
+    list of str
+        The ``group/name`` of each table migrated.
+    """
+    from pipeline.io.results import read_table  # results reads both formats; it imports this module
+
+    path = Path(path)
+    read_attrs(path)
+    done = []
+    for zarr_json in sorted(path.rglob("zarr.json")):
+        folder = zarr_json.parent
+        if folder == path or "columns" not in _json_attrs(zarr_json) or _TMP in folder.relative_to(path).parts:
+            continue
+        group, name = str(folder.parent.relative_to(path)), folder.name
+        write_table(path, name, read_table(path, name, group=group), group=group)
+        done.append(f"{group}/{name}")
+    return done
+
+
+def _check_column(series: pd.Series) -> None:
+    """Refuse a column whose dtype the store does not keep exactly."""
     dtype = series.dtype
     if isinstance(dtype, pd.CategoricalDtype) or _holds_strings(series):
-        categorical = series.astype("category")
-        return categorical.cat.codes.to_numpy(), {
-            "dtype": str(dtype),
-            "categories": categorical.cat.categories.tolist(),
-            "ordered": bool(categorical.cat.ordered),
-        }
+        return
     if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
-        return series.to_numpy(), {"dtype": str(dtype)}
+        return
     raise TypeError(
         f"column {series.name!r}: dtype {dtype} cannot be stored; use a numpy numeric or "
         "bool, string or category dtype"
@@ -402,33 +488,130 @@ def create_labels(path: str | Path, shape: tuple[int, ...], *, name: str = "cell
     )
 
 
-def _ngff_label_attrs(axes: str, attrs: dict, name: str) -> dict:
-    """NGFF 0.5 multiscales + image-label metadata: t in s, space in µm."""
-    scale = {"t": attrs["frame_interval_s"], "z": attrs.get("z_step_um")}
-    scale["y"] = scale["x"] = attrs["pixel_size_um"]
-    return {
-        "version": "0.5",
-        "multiscales": [
-            {
-                "name": name,
-                "axes": [
-                    {"name": ax, "type": "time", "unit": "second"}
-                    if ax == "t"
-                    else {"name": ax, "type": "space", "unit": "micrometer"}
-                    for ax in axes
-                ],
-                "datasets": [
-                    {
-                        "path": "0",
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": [float(scale[ax]) for ax in axes]}
-                        ],
-                    }
-                ],
-            }
-        ],
-        "image-label": {"colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]}]},
-    }
+def _ngff_axes(axes: str) -> list[NgffAxis]:
+    """NGFF axes: t in s, c a channel axis, z/y/x in µm."""
+    kinds = {"t": ("time", "second"), "c": ("channel", None)}
+    return [NgffAxis(name=ax, type=kinds.get(ax, ("space",))[0], unit=kinds.get(ax, (None, "micrometer"))[1])
+            for ax in axes]
+
+
+def _ngff_scale(axes: str, attrs: dict, factor: int = 1) -> list[float]:
+    """Scale of each axis: s per frame, 1 per channel, µm per plane / per (binned) pixel."""
+    scale = {"t": attrs["frame_interval_s"], "c": 1.0, "z": attrs.get("z_step_um")}
+    scale["y"] = scale["x"] = attrs["pixel_size_um"] * factor
+    return [float(scale[ax]) for ax in axes]
+
+
+def _ngff_label_attrs(axes: str, attrs: dict, name: str, image_label: dict | None = None) -> dict:
+    """NGFF 0.5 multiscales + image-label metadata (built and checked with ome-zarr-models)."""
+    multiscale = Multiscale(axes=_ngff_axes(axes), name=name,
+                            datasets=[NgffDataset.build(path="0", scale=_ngff_scale(axes, attrs), translation=None)])
+    label = NgffLabel(**(image_label or {"colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]}]}),
+                      source={"image": "../../"}, version="0.5")
+    model = ImageLabelAttrs(version="0.5", multiscales=[multiscale], image_label=label)
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def label_colors(path: str | Path, *, name: str = "cells") -> int:
+    """Give every label value of ``labels/<name>`` a colour and a ``cell_id`` property in its NGFF metadata.
+
+    Call once the label image is written (the runner does it in the export stage). Colours are
+    fixed by the id (golden-ratio hues), so a cell keeps its colour between stores and viewers.
+
+    Returns
+    -------
+    int
+        Number of label values described (background 0 excluded).
+    """
+    array = open_labels(path, name=name)
+    found: set[int] = set()
+    for t in range(array.shape[0]):  # one frame in memory at a time
+        found.update(np.unique(array[t]).tolist())
+    ids = sorted(found - {BACKGROUND_LABEL})
+    colors = [{"label-value": 0, "rgba": [0, 0, 0, 0]}] + [{"label-value": i, "rgba": _id_rgba(i)} for i in ids]
+    image = zarr.open_group(Path(path) / "labels" / name, mode="r+", zarr_format=3)
+    axes = "".join(array.metadata.dimension_names)
+    image.attrs["ome"] = _ngff_label_attrs(axes, read_attrs(path), name, {
+        "colors": colors, "properties": [{"label-value": i, "cell_id": i} for i in [BACKGROUND_LABEL, *ids]]})
+    return len(ids)
+
+
+def _id_rgba(label: int) -> list[int]:
+    """An opaque colour for a label id (hue by the golden ratio, so neighbours' ids differ)."""
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.75, 0.95)
+    return [round(r * 255), round(g * 255), round(b * 255), 255]
+
+
+# --- the movie as the store's OME-Zarr image ------------------------------------------------
+
+
+def write_image(path: str | Path, data, *, channel_names: list[str], downsample: int = 1) -> tuple[int, ...]:
+    """Write the movie as the store root's OME-Zarr (NGFF 0.5) multiscale image, array ``0``.
+
+    The store root then opens as an image in OME-Zarr readers (ome-zarr-py, napari-ome-zarr,
+    Fiji's OME-Zarr readers), with the label images under ``labels/`` drawn over it.
+
+    Parameters
+    ----------
+    path : str or Path
+        The store; ``pixel_size_um`` and ``frame_interval_s`` attributes give the scales.
+    data : array-like
+        The movie, (t, c, z, y, x) as `pipeline.io.movie.Movie.data` (lazy dask is read one
+        frame and channel at a time); a single plane is stored as (t, c, y, x).
+    channel_names : list of str
+        One name per channel (NGFF ``omero.channels[].label``).
+    downsample : int
+        1: a full-resolution copy. n > 1: y and x binned n × n (mean, the input dtype kept), for
+        movies too big to copy (tens of GB: 2 quarters, 4 sixteenths the size); the scale says
+        ``pixel_size_um × n`` µm per pixel, so the full-resolution labels still line up in
+        physical units.
+
+    Returns
+    -------
+    tuple of int
+        Shape of the array written.
+    """
+    attrs = read_attrs(path)
+    movie = da.asarray(data)
+    if movie.ndim != 5:
+        raise ValueError(f"write_image: the movie must be (t, c, z, y, x), got {movie.ndim} dimensions")
+    if len(channel_names) != movie.shape[1]:
+        raise ValueError(f"write_image: {len(channel_names)} channel names for {movie.shape[1]} channels")
+    if downsample < 1:
+        raise ValueError(f"write_image: downsample must be >= 1, got {downsample}")
+    axes = "tczyx"
+    if movie.shape[2] == 1:
+        movie, axes = movie[:, :, 0], "tcyx"
+    if downsample > 1:
+        binned = da.coarsen(np.mean, movie, {movie.ndim - 2: downsample, movie.ndim - 1: downsample}, trim_excess=True)
+        movie = binned.astype(movie.dtype) if movie.dtype.kind in "f" else da.round(binned).astype(movie.dtype)
+    root = zarr.open_group(path, mode="r+", zarr_format=3)
+    chunks = (1,) * (movie.ndim - 2) + tuple(movie.shape[-2:])
+    array = root.create_array("0", shape=movie.shape, dtype=movie.dtype, chunks=chunks, fill_value=0,
+                              dimension_names=list(axes), overwrite=True)
+    da.store(movie.rechunk(chunks), array, lock=False)
+    multiscale = Multiscale(axes=_ngff_axes(axes), name=Path(path).stem, datasets=[
+        NgffDataset.build(path="0", scale=_ngff_scale(axes, attrs, downsample), translation=None)],
+        metadata={"downsample_yx": downsample, "method": "mean" if downsample > 1 else "copy"})
+    first = movie[0].compute()
+    channels = [_omero_channel(str(label), first[c], index) for index, (c, label) in
+                enumerate(zip(range(movie.shape[1]), channel_names))]
+    image = ImageAttrs(version="0.5", multiscales=[multiscale], omero=Omero(channels=channels))
+    root.attrs["ome"] = image.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return tuple(movie.shape)
+
+
+_CHANNEL_COLORS = ("FFFFFF", "00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF")
+
+
+def _omero_channel(label: str, first_frame: np.ndarray, index: int) -> OmeroChannel:
+    """OMERO channel metadata: name, colour, display window from the first frame's range."""
+    low, high = float(np.min(first_frame)), float(np.max(first_frame))
+    return OmeroChannel(label=label, color=_CHANNEL_COLORS[index % len(_CHANNEL_COLORS)], active=True,
+                        window=OmeroWindow(min=low, max=high if high > low else low + 1, start=low,
+                                           end=high if high > low else low + 1))
 
 
 def open_labels(path: str | Path, *, name: str = "cells", mode: str = "r") -> zarr.Array:
@@ -474,6 +657,37 @@ def write_kinetics(path: str | Path, ds: xr.Dataset, *, name: str = KINETICS) ->
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
 
 
+#: Node property -> (unit, description) of the GEFF graph; the unit "1" marks a dimensionless
+#: number or an id. Columns not listed get their unit from the name (`column_unit`).
+GEFF_NODE_PROPS = {
+    "t": ("frame", "frame index (0-based); times: the t axis scale, s per frame"),
+    "z": ("pixel", "position along z, planes (sub-pixel)"),
+    "y": ("pixel", "position along y, px (sub-pixel)"),
+    "x": ("pixel", "position along x, px (sub-pixel)"),
+    "mass": ("counts", "integrated brightness (trackpy mass), image units"),
+    "size": ("pixel", "radius of gyration of the spot (trackpy size), px"),
+    "ecc": ("1", "eccentricity of the spot (0: round)"),
+    "signal": ("counts", "peak brightness above background (trackpy signal), image units"),
+    "raw_mass": ("counts", "integrated brightness of the raw image (trackpy raw_mass), image units"),
+    "ep": ("pixel", "localisation error estimate, px"),
+    "size_um": ("micrometer", "Gaussian sigma of the object's image, µm"),
+    "integrated_intensity": ("counts", "background-subtracted sum of the object's pixels, image units"),
+    "track_id": ("1", "particle track id (>= 0)"),
+    "cell_id": ("1", "cell the detection belongs to or is nearest to: label value in labels/cells (0: none)"),
+    "distance_um": ("micrometer", "signed distance to the cell's membrane, µm (negative inside)"),
+    "zone": ("1", "zone of the detection"),
+    "state": ("1", "state of the particle at this frame"),
+}
+#: Edge property -> (unit, description).
+GEFF_EDGE_PROPS = {
+    "gap_frames": ("frame", "frames missing between the two detections (0: consecutive frames)"),
+    "gap_closed": ("1", "true when the link bridges a gap (gap_frames > 0), closed by the linker"),
+    "step_um": ("micrometer", "distance between the two detections in y, x, µm"),
+}
+_GEFF_UNITS = {"µm": "micrometer", "µm²": "micrometer^2", "s": "second", "min": "minute", "1/min": "1/minute",
+               "px": "pixel", "frame": "frame"}
+
+
 def write_geff(
     path: str | Path,
     particles: pd.DataFrame,
@@ -481,11 +695,14 @@ def write_geff(
     frame_interval_s: float,
     *,
     z_step_um: float | None = None,
+    name: str = GEFF,
 ) -> None:
-    """Write the particle tracks as a GEFF graph, atomically, to ``tracks.geff``.
+    """Write the particle tracks as a GEFF graph, atomically, to ``name`` (``tracks.geff``).
 
     Parameters
     ----------
+    path : str or Path
+        The store.
     particles : pandas.DataFrame
         The particles table; needs ``frame``, ``y``, ``x`` (px) and ``track_id``.
         Node id = row number; every column becomes a node property (``frame`` as ``t``).
@@ -495,15 +712,33 @@ def write_geff(
         Scale of the t axis, s per frame.
     z_step_um : float, optional
         Scale of the z axis, µm per plane, when particles have a ``z`` column.
+    name : str
+        Path of the graph in the store (``curated/tracks.geff`` for the curated one).
+
+    Notes
+    -----
+    Readable beyond geff-python (napari-geff, Java Zarr readers): no text arrays. Text
+    columns (``state``, ``zone``) are int8 codes (``-1`` and the ``missing`` mask: no
+    value); the code -> name mapping is in the property's description and in
+    ``extra["uptrack"]["categories"]`` (for ``state`` and ``zone`` the order of
+    :data:`pipeline.vocabulary.STATES` / ``ZONES``, the same in every store). Every
+    property has a unit (``"1"``: dimensionless or an id) and a description. Edges
+    carry ``gap_frames``, ``gap_closed`` and ``step_um``. ``related_objects`` points at
+    the level-0 array of ``labels/cells``, whose values are the ``cell_id`` property.
     """
     missing = {"frame", "y", "x", "track_id"} - set(particles.columns)
     if missing:
         raise ValueError(f"write_geff: particles lack columns {sorted(missing)}")
-    props = {
-        "t" if column == "frame" else column: _geff_prop(particles[column])
-        for column in particles.columns
-    }
+    particles = particles.reset_index(drop=True)
+    props, categories = {}, {}
+    for column in particles.columns:
+        prop = "t" if column == "frame" else column
+        props[prop], codes = _geff_prop(particles[column])
+        if codes is not None:
+            categories[prop] = codes
+    edges = _track_edges(particles)
     scales = {"z": z_step_um, "y": pixel_size_um, "x": pixel_size_um}
+    depth = name.count("/") + 1
     metadata = GeffMetadata(
         directed=True,
         axes=[
@@ -515,22 +750,61 @@ def write_geff(
             if ax in particles.columns
         ],
         track_node_props={"tracklet": "track_id"},
-        node_props_metadata={},
+        node_props_metadata={prop: _geff_prop_metadata(prop, values["values"], categories.get(prop))
+                             for prop, values in props.items()},
         edge_props_metadata={},
+        related_objects=[{"type": "labels", "path": "../" * depth + f"{LABELS}/0", "node_prop": "cell_id"}]
+        if (Path(path) / LABELS / "0" / "zarr.json").exists() and "cell_id" in particles.columns else None,
+        extra={"uptrack": {"categories": categories, "missing_code": -1, "uptrack_version": __version__}},
     )
+    edge_props = _geff_edge_props(particles, edges, pixel_size_um)
+    metadata.edge_props_metadata = {prop: _geff_prop_metadata(prop, values["values"], None, GEFF_EDGE_PROPS)
+                                    for prop, values in edge_props.items()}
     node_ids = np.arange(len(particles), dtype=np.uint64)
-    with _staged(Path(path), GEFF) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnstableSpecificationWarning)
-        write_arrays(tmp, node_ids, props, _track_edges(particles), None, metadata, zarr_format=3)
+    with _staged(Path(path), name) as tmp:
+        write_arrays(tmp, node_ids, props, edges, edge_props, metadata, zarr_format=3)
 
 
-def _geff_prop(series: pd.Series) -> dict:
-    """GEFF property arrays (values, missing) of a column; strings as unicode."""
-    if pd.api.types.is_numeric_dtype(series.dtype):
-        return {"values": series.to_numpy(), "missing": None}
-    missing = series.isna().to_numpy()
-    values = series.astype(object).where(~missing, "").to_numpy(dtype=str)
-    return {"values": values, "missing": missing if missing.any() else None}
+def _geff_prop(series: pd.Series) -> tuple[dict, list[str] | None]:
+    """GEFF property arrays (values, missing) of a column, and the code names of a text column."""
+    if pd.api.types.is_bool_dtype(series.dtype) or (
+            isinstance(series.dtype, np.dtype) and series.dtype.kind in "biuf"):
+        return {"values": series.to_numpy(), "missing": None}, None
+    vocabulary = {"state": STATES, "zone": ZONES}.get(str(series.name))
+    text = series.astype(object)
+    names = list(vocabulary) if vocabulary else sorted({str(v) for v in text.dropna()})
+    codes = pd.Categorical(text, categories=names).codes.astype(np.int8 if len(names) < 128 else np.int32)
+    unknown = text.notna().to_numpy() & (codes < 0)
+    if unknown.any():
+        raise ValueError(f"write_geff: column {series.name!r} has values outside {names}: "
+                         f"{sorted(set(text[unknown]))}")
+    missing = codes < 0
+    return {"values": codes, "missing": missing if missing.any() else None}, names
+
+
+def _geff_prop_metadata(prop: str, values: np.ndarray, names: list[str] | None,
+                        known: dict = GEFF_NODE_PROPS) -> PropMetadata:
+    """Unit and description of one GEFF property (codes listed for a text column)."""
+    unit, description = known.get(prop, (None, None))
+    if unit is None:
+        stored = column_unit(prop)
+        unit = _GEFF_UNITS.get(stored, stored) if stored else "1"
+        description = f"column {prop!r} of the particles table (pipeline/README.md)"
+    if names is not None:
+        description += "; int code: " + ", ".join(f"{code} = {name}" for code, name in enumerate(names)) + ", -1 = none"
+    return PropMetadata(identifier=prop, dtype=values.dtype, unit=unit, description=description)
+
+
+def _geff_edge_props(particles: pd.DataFrame, edges: np.ndarray, pixel_size_um: float) -> dict:
+    """``gap_frames``, ``gap_closed`` and ``step_um`` of each edge."""
+    source, target = edges[:, 0].astype(np.intp), edges[:, 1].astype(np.intp)
+    frame = particles["frame"].to_numpy()
+    gap = (frame[target] - frame[source] - 1).astype(np.int64)
+    y, x = particles["y"].to_numpy(float), particles["x"].to_numpy(float)
+    step = np.hypot(y[target] - y[source], x[target] - x[source]) * pixel_size_um
+    return {"gap_frames": {"values": gap, "missing": None},
+            "gap_closed": {"values": gap > 0, "missing": None},
+            "step_um": {"values": step, "missing": None}}
 
 
 def _track_edges(particles: pd.DataFrame) -> np.ndarray:

@@ -330,11 +330,33 @@ class _CallbackBar:
 
 
 def progress(total: int, desc: str, unit: str = "task"):
-    """A progress bar (tqdm, or the callback set by `progress_to`): ``.update()``, ``.close()``."""
+    """A progress bar: ``.update()``, ``.close()``.
+
+    The callback set by `progress_to` if any; else a tqdm bar when stderr is a terminal, and
+    plain log lines (`progress_lines`) when it is not (a log file, a batch job's output), where
+    tqdm's carriage returns would pile up.
+    """
     callback = _PROGRESS.get()
+    if callback is None and not _stderr_is_terminal():
+        callback = progress_lines
     if callback is not None:
         return _CallbackBar(callback, total, desc)
     return tqdm(total=total, desc=desc, unit=unit, leave=True)
+
+
+def _stderr_is_terminal() -> bool:
+    """Whether progress bars can redraw in place (stderr is a TTY)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
+def progress_lines(desc: str, done: int, total: int) -> None:
+    """Progress as log lines (INFO): at the start, at each tenth of the way, and at the end."""
+    step = max(1, total // 10)
+    if done == 0 or done == total or done % step == 0:
+        log.info("%s: %d/%d", desc, done, total)
 
 
 def map_tasks(client, function: Callable, items: Sequence, *, desc: str, **kwargs) -> list:

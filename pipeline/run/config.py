@@ -67,6 +67,12 @@ class OutputConfig(Params):
     overwrite: bool = Field(
         False, description="Replace a complete store of the same name instead of stopping."
     )
+    image_downsample: int = Field(
+        1, ge=1, le=64,
+        description="The store root holds the movie as an OME-Zarr image (napari-ome-zarr, Fiji open the store "
+                    "with its labels over it). 1: a full-resolution copy; n > 1: y and x binned n x n (mean), "
+                    "for movies of tens of GB (2: a quarter of the size, 4: a sixteenth). Labels stay full size.",
+    )
 
     @field_validator("name")
     @classmethod

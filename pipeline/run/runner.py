@@ -13,7 +13,8 @@ link           particle tracks, gap closing, gap filling       tables/particles
 zones          distance to membrane, cell, zone (Dask tasks)   tables/particles
 classify       states over time, events, track table           particles, events, tracks
 kinetics       per-cell time series and rates                  kinetics, cells, movie
-export         GEFF graph of the tracks                        tracks.geff
+export         GEFF graph of the tracks; the movie as the      tracks.geff, 0 (root
+               root OME-Zarr image; cell label colours         image), labels/cells
 =============  ==============================================  =====================
 
 Resume: a stage is marked done in the store's attributes only after its outputs are
@@ -63,6 +64,7 @@ from pipeline.stages.kinetics import kinetics_tables
 from pipeline.stages.link import close_gaps, fill_gaps, link_tracks
 from pipeline.stages.motion import directed_runs, motion_segments
 from pipeline.stages.plausibility import background_warnings, blank_channel, cell_areas, cell_warnings, duplicated_frames
+from pipeline.stages.propagate import membrane_stain, propagate_labels, propagation_agrees
 from pipeline.stages.segment import SegmentParams, estimate_diameter_um, resolve_model, segment_frame
 from pipeline.stages.survival import spells, survival_table
 from pipeline.stages.track_cells import CellTracker, relabel
@@ -121,7 +123,8 @@ def _channel_frames(movie: Movie, channel: int, start: int, stop: int) -> np.nda
 # --- Dask tasks (top-level functions: they travel to worker processes) -----------------
 
 
-def _segment_task(chunk, *, spec, channels, params: SegmentParams, path: str) -> list[int]:
+def _segment_task(chunk, *, spec, channels, params: SegmentParams, path: str) -> list[tuple[int, int]]:
+    """Segment frames [start, stop): Cellpose on keyframes, masks carried between them; (cells, Cellpose runs)."""
     import torch
 
     torch.set_num_threads(1)
@@ -129,13 +132,21 @@ def _segment_task(chunk, *, spec, channels, params: SegmentParams, path: str) ->
     start, stop = chunk
     cells = _channel_frames(movie, channels[0], start, stop)
     nuclei = _channel_frames(movie, channels[1], start, stop) if channels[1] is not None else None
-    labels = np.stack([
-        segment_frame(cells[i], pixel_size_um=movie.pixel_size_um, params=params,
-                      nuclei=None if nuclei is None else nuclei[i])
-        for i in range(len(cells))
-    ])
-    store.write_label_frames(path, start, labels, name="segmentation")
-    return [int(frame.max()) for frame in labels]
+    labels, membrane, keyframes = [], False, 0
+    for i in range(len(cells)):
+        carried = None
+        if i > 0 and (start + i) % params.keyframe_interval != 0:
+            carried = propagate_labels(labels[-1], cells[i], membrane=membrane)
+            if not propagation_agrees(carried, cells[i], labels[-1], cells[i - 1], membrane=membrane):
+                carried = None  # the cells moved or changed: segment this frame
+        if carried is None:
+            carried = segment_frame(cells[i], pixel_size_um=movie.pixel_size_um, params=params,
+                                    nuclei=None if nuclei is None else nuclei[i])
+            membrane = params.keyframe_interval > 1 and membrane_stain(carried, cells[i])
+            keyframes += 1
+        labels.append(carried)
+    store.write_label_frames(path, start, np.stack(labels), name="segmentation")
+    return [(int(frame.max()), keyframes if i == 0 else 0) for i, frame in enumerate(labels)]
 
 
 def _detect_task(chunk, *, spec, channel: int, params: DetectParams) -> pd.DataFrame:
@@ -416,15 +427,20 @@ class Run:
     def segment(self, client) -> None:
         shape = (self.n_frames, *self.movie.data.shape[-2:])
         store.create_labels(self.path, shape, name="segmentation")
-        chunks = frame_chunks(self.n_frames, self.config.compute.frames_per_task)
         params = self.segment_params()
+        per_task = self.config.compute.frames_per_task
+        if params.keyframe_interval > 1:  # a task starts at a keyframe and holds whole keyframe intervals
+            per_task = params.keyframe_interval * max(1, round(per_task / params.keyframe_interval))
+        chunks = frame_chunks(self.n_frames, per_task)
         if self.config.segment.diameter_um is None and params.diameter_um is not None:
             store.update_attrs(self.path, cell_diameter_um=round(params.diameter_um, 3))
         counts = map_tasks(client, _segment_task, chunks, desc="segment cells", spec=self.spec,
                            channels=(self.channels[0], self.channels[2]), params=params, path=str(self.path))
-        per_frame = [n for chunk in counts for n in chunk]
-        log.info("segment: %.1f cells per frame (min %d, max %d)", np.mean(per_frame),
-                 min(per_frame), max(per_frame))
+        per_frame = [n for chunk in counts for n, _ in chunk]
+        cellpose_runs = sum(k for chunk in counts for _, k in chunk)
+        log.info("segment: %.1f cells per frame (min %d, max %d); Cellpose on %d of %d frames", np.mean(per_frame),
+                 min(per_frame), max(per_frame), cellpose_runs, self.n_frames)
+        store.update_attrs(self.path, cellpose_frames=int(cellpose_runs))
 
     def track_cells(self, client) -> None:
         raw = store.open_labels(self.path, name="segmentation")
@@ -537,8 +553,12 @@ class Run:
             store.write_table(self.path, "colocalization_over_time", colocalization_over_time(coloc, list(markers)))
 
     def export(self, client) -> None:
+        """GEFF graph of the tracks; the movie as the store's OME-Zarr image; one colour per cell label."""
         store.write_geff(self.path, store_table(self.path, "particles"),
                          pixel_size_um=self.px_um, frame_interval_s=self.dt_s)
+        store.write_image(self.path, self.movie.data, channel_names=list(self.movie.channel_names),
+                          downsample=self.config.output.image_downsample)
+        store.label_colors(self.path, name="cells")
 
 
 def store_table(path: Path, name: str) -> pd.DataFrame:

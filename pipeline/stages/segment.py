@@ -62,6 +62,12 @@ class SegmentParams(Params):
     gpu: Literal["auto", True, False] = Field(
         "auto", description="Run Cellpose on the GPU: auto uses one when torch sees it."
     )
+    keyframe_interval: int = Field(
+        1, ge=1, description="Run Cellpose on every n-th frame only and carry the masks to the frames between "
+        "(watershed seeded by the previous frame's cells, pipeline.stages.propagate); a frame whose carried "
+        "masks disagree with its image (a cell's area changes > 15 % or its boundary leaves the stain's "
+        "edge) is segmented with Cellpose. 1: every frame."
+    )
 
 
 def cellpose_major_version() -> int:

@@ -193,3 +193,33 @@ def check_metadata_keys(metadata: dict) -> None:
             raise ValueError(f"metadata key {key!r}: use letters, digits and _ (a column name)")
         if key in reserved:
             raise ValueError(f"metadata key {key!r} is a column of the summary already; rename it")
+
+
+def json_schemas() -> dict[str, dict]:
+    """JSON Schemas (draft 2020-12) of the run and batch configs, for editors and other tools.
+
+    ``configs/run.schema.json`` and ``configs/batch.schema.json`` are these, written by
+    ``python -m pipeline.run.batch.schema`` (a test keeps them current). A YAML config that names
+    one (``# yaml-language-server: $schema=run.schema.json``) gets completion, field descriptions
+    with units and errors for unknown fields in VS Code and other editors with a YAML language server.
+
+    Returns
+    -------
+    dict
+        ``{"run": schema, "batch": schema}``.
+    """
+    from pipeline.run.config import RunConfig
+
+    schemas = {}
+    for kind, model in (("run", RunConfig), ("batch", BatchConfig)):
+        schema = model.model_json_schema()
+        schemas[kind] = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    return schemas
+
+
+if __name__ == "__main__":
+    import json
+
+    folder = Path(__file__).resolve().parents[3] / "configs"
+    for kind, schema in json_schemas().items():
+        (folder / f"{kind}.schema.json").write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
