@@ -95,3 +95,14 @@ def test_runner_records_warnings_in_the_store(tiny_config, monkeypatch):
     warnings = store.read_attrs(job.path)["qc_warnings"]
     assert [w["stage"] for w in warnings] == ["detect"]
     assert "12 of 23 consecutive frame pairs are bit-identical" in warnings[0]["message"]
+
+
+def test_blank_and_saturated_frames_are_named():
+    """A damaged page read as zeros and an over-exposed frame, in a real movie."""
+    movie = virus()[:12].copy()
+    movie[4] = 0  # as tifffile gives for a page it cannot find
+    movie[7] = np.where(movie[7] > 30, 255, movie[7])  # over-exposed: every bright pixel clipped
+    messages = duplicated_frames(list(movie), 3.0)
+    assert any(m.startswith("1 of 12 frames are blank") and "frames 4 (0-based)" in m for m in messages)
+    assert any("saturated: frames 7 (0-based)" in m for m in messages)
+    assert duplicated_frames(list(virus()[:12]), 3.0) == []  # the intact movie: nothing

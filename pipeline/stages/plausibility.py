@@ -6,7 +6,8 @@ They catch what real data does and simulated data never does:
 
 - :func:`duplicated_frames`: bit-identical consecutive frames (a movie saved at twice its real
   rate, e.g. the MosaicSuite virus movie: 66 of 72 frame pairs identical), which halves every
-  rate and diffusion coefficient unless the frame interval is corrected;
+  rate and diffusion coefficient unless the frame interval is corrected; blank frames (a dropped
+  frame, a damaged page read as zeros) and saturated frames;
 - :func:`background_warnings`: a constant background (many pixels at exactly one value: clipped or
   offset-subtracted, 8-bit) and a noise estimate at its floor (no noise measurable: detection
   thresholds then rest on nothing);
@@ -28,12 +29,14 @@ FEW_FRAMES_FRACTION = 0.5
 SHORT_CELL_FRAMES = 3
 #: A cell mask's area "jumps" when it changes by more than this fraction between consecutive frames.
 AREA_JUMP = 0.4
+#: A frame is "saturated" when at least this fraction of its pixels hold the integer type's maximum.
+SATURATED_FRACTION = 0.01
 #: A channel is "blank" when its 99th percentile stands less than this many noise SDs above its median.
 BLANK_CONTRAST_SIGMAS = 5.0
 
 
 def duplicated_frames(frames, frame_interval_s: float) -> list[str]:
-    """Warn about bit-identical consecutive frames.
+    """Warn about bit-identical consecutive frames, and about blank and saturated frames.
 
     Parameters
     ----------
@@ -45,23 +48,48 @@ def duplicated_frames(frames, frame_interval_s: float) -> list[str]:
     Returns
     -------
     list of str
-        One message when at least one consecutive pair is identical, with the interval the unique
-        frames imply (frame_interval_s × frames per unique frame).
+        A message when at least one consecutive pair is identical, with the interval the unique
+        frames imply (frame_interval_s × frames per unique frame); one naming the blank frames (every
+        pixel one value: a dropped frame, a corrupt page read as zeros, a closed shutter); one naming
+        the saturated frames (≥ SATURATED_FRACTION of the pixels at the integer type's maximum).
     """
     previous, identical, n = None, 0, 0
-    for frame in frames:
+    blank, saturated = [], []
+    for index, frame in enumerate(frames):
         frame = np.asarray(frame)
         if previous is not None and frame.shape == previous.shape and np.array_equal(frame, previous):
             identical += 1
+        if frame.size and frame.min() == frame.max():
+            blank.append(index)
+        elif frame.size and np.issubdtype(frame.dtype, np.integer) and \
+                np.count_nonzero(frame == np.iinfo(frame.dtype).max) >= SATURATED_FRACTION * frame.size:
+            saturated.append(index)
         previous, n = frame, n + 1
-    if identical == 0:
-        return []
-    unique = n - identical
-    factor = n / unique
-    return [f"{identical} of {n - 1} consecutive frame pairs are bit-identical (repeated frames): the movie "
+    messages = []
+    if identical:
+        unique = n - identical
+        factor = n / unique
+        messages.append(
+            f"{identical} of {n - 1} consecutive frame pairs are bit-identical (repeated frames): the movie "
             f"holds {unique} distinct frames, each saved {factor:.2g}× on average: the real interval is then "
             f"~{factor * frame_interval_s:.3g} s, not {frame_interval_s:.3g} s. Drop the repeats (keep one frame of "
-            "each identical run) and set input.frame_interval_s, or rates and diffusion come out wrong"]
+            "each identical run) and set input.frame_interval_s, or rates and diffusion come out wrong")
+    if blank:
+        messages.append(
+            f"{len(blank)} of {n} frames are blank (every pixel one value): frames {_frame_list(blank)}. A dropped "
+            "or damaged frame reads as no particles: check the file, or cut those frames out")
+    if saturated:
+        messages.append(
+            f"{len(saturated)} of {n} frames have ≥ {SATURATED_FRACTION:.0%} of their pixels saturated: frames "
+            f"{_frame_list(saturated)}. Saturated spots lose their brightness (aggregates, intensities) and "
+            "their shape; lower the exposure or gain at acquisition")
+    return messages
+
+
+def _frame_list(frames: list[int], most: int = 10) -> str:
+    """``"3, 4, 5"`` or ``"3, 4, ... (12 frames)"`` (0-based frame indices)."""
+    shown = ", ".join(str(f) for f in frames[:most])
+    return shown + (f", ... ({len(frames)} frames)" if len(frames) > most else "") + " (0-based)"
 
 
 def background_warnings(frame: np.ndarray, frame_index: int, *, channel: str = "particles") -> list[str]:
