@@ -224,7 +224,9 @@ def test_fill_gaps_recovers_dim_frames_end_to_end():
                        detect_params=detect_params, params=params)
     before = detection_scores(match_detections(tracks, truth))
     after = detection_scores(match_detections(filled, truth))
-    assert after["detection_recall"] >= before["detection_recall"] + 0.01
+    # +0.95 points here (+1.08 with the physical search radius: the crowded-movie radius links a few
+    # of the dim frames' spots itself); measured 2026-12-03
+    assert after["detection_recall"] >= before["detection_recall"] + 0.008
     assert after["detection_precision"] >= before["detection_precision"] - 0.01
     assert list(filled.columns) == list(tracks.columns)
     assert filled["track_id"].dtype == np.int64 and np.all(np.diff(filled["frame"].to_numpy()) >= 0)
@@ -232,3 +234,29 @@ def test_fill_gaps_recovers_dim_frames_end_to_end():
     unchanged = fill_gaps(tracks, movie, pixel_size_um=0.1, frame_interval_s=config.frame_interval_s,
                           detect_params=detect_params, params=LinkParams(fill_gaps_min_snr=None))
     assert unchanged is tracks
+
+
+def test_crowded_movie_gets_a_search_radius_from_its_steps():
+    """Slow particles 4 px apart with a physical radius of 17 px (the real virus movie's case): the radius
+    comes from the measured steps (per-axis step sigma 0.5·√2 px: 3.5 σ = 2.5 px), tracks stay whole; a
+    sparse movie keeps the physical radius."""
+    from pipeline.stages.link import dense_search_px
+
+    rng = np.random.default_rng(2)
+    grid = np.stack(np.meshgrid(np.arange(6, 94, 4.0), np.arange(6, 94, 4.0)), -1).reshape(-1, 2)
+    n, frames = len(grid), 30
+    positions = grid[None] + rng.normal(0, 0.5, (frames, n, 2))  # jiggling in place (endosomes on a network)
+    detections = pd.DataFrame({"frame": np.repeat(np.arange(frames), n), "y": positions[..., 0].ravel(),
+                               "x": positions[..., 1].ravel(), "particle": np.tile(np.arange(n), frames)})
+    params = LinkParams(mass_sigmas=None)
+    scale = {"pixel_size_um": 0.16, "frame_interval_s": 3.0}
+    physical = search_range_px(detections, params=params, **scale)
+    assert physical > 4 * 4.0  # the radius from max_diffusion_um2_s reaches past several neighbours
+    radius = dense_search_px(detections, detections["particle"].to_numpy(), physical)
+    assert 0.8 * SEARCH_SIGMAS * 0.5 * np.sqrt(2) < radius < 1.2 * SEARCH_SIGMAS * 0.5 * np.sqrt(2)
+    tracks = link_tracks(detections, params=params, **scale)
+    assert (tracks.groupby("track_id")["particle"].nunique() == 1).mean() > 0.97
+    assert tracks["track_id"].nunique() <= 1.1 * n  # long tracks stay whole
+    on_sparse_grid = ((grid[:, 0] - 6) % 20 == 0) & ((grid[:, 1] - 6) % 20 == 0)  # neighbours 20 px apart
+    sparse = detections[on_sparse_grid[detections["particle"].to_numpy()]]
+    assert dense_search_px(sparse, sparse["particle"].to_numpy(), physical) == physical

@@ -77,6 +77,8 @@ MAX_MASS_SPREAD_RATIO = 0.75
 #: Search radius in standard deviations of the per-axis displacement; a
 #: Brownian step exceeds it with probability exp(-SEARCH_SIGMAS**2 / 2) ≈ 0.2 %.
 SEARCH_SIGMAS = 3.5
+#: Fewest first-pass steps that measure the step size of a crowded movie (:func:`dense_search_px`).
+MIN_STEPS_FOR_RANGE = 200
 
 
 class LinkParams(Params):
@@ -166,6 +168,49 @@ def search_range_px(detections: pd.DataFrame, *, pixel_size_um: float, frame_int
     return SEARCH_SIGMAS * float(np.sqrt(step_px2 + 2.0 * error_px2))
 
 
+def dense_search_px(table: pd.DataFrame, particle: np.ndarray, search: float) -> float:
+    """A search radius from the measured steps when the movie is crowded, else ``search`` (px).
+
+    Where the search radius from ``max_diffusion_um2_s`` is wider than the typical distance between
+    neighbours in a frame, every particle has several candidates and long tracks break at swaps. Then
+    the steps of a first linking pass (consecutive frames) measure how far particles really move:
+    the radius becomes ``SEARCH_SIGMAS`` × the per-axis step sigma (the upper-quartile step over its
+    Rayleigh quantile, 1.665 σ: robust to the wrong links of the first pass), never wider than ``search``. A movie whose
+    neighbours are farther apart than ``search`` keeps it.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Detections sorted by frame (``frame``, ``y``, ``x`` in px).
+    particle : (n,) int array
+        First-pass track ids of the rows.
+    search : float
+        The physical search radius, px.
+
+    Returns
+    -------
+    float
+    """
+    from scipy.spatial import cKDTree
+
+    frames = table["frame"].to_numpy()
+    yx = table[["y", "x"]].to_numpy(float)
+    neighbour = []
+    for f in np.unique(frames)[:: max(1, len(np.unique(frames)) // 20)]:
+        points = yx[frames == f]
+        if len(points) >= 2:
+            neighbour.append(cKDTree(points).query(points, 2)[0][:, 1])
+    if not neighbour or np.median(np.concatenate(neighbour)) >= search:
+        return search
+    order = np.lexsort((frames, particle))
+    same = (particle[order][1:] == particle[order][:-1]) & (np.diff(frames[order]) == 1)
+    steps = np.hypot(*(np.diff(yx[order], axis=0)[same]).T)
+    if len(steps) < MIN_STEPS_FOR_RANGE:
+        return search
+    sigma = float(np.quantile(steps, 0.75)) / 1.665
+    return float(min(search, max(SEARCH_SIGMAS * sigma, 1.0)))
+
+
 def _motion_px2(detections: pd.DataFrame, pixel_size_um: float, frame_interval_s: float,
                 params: LinkParams) -> tuple[float, float]:
     """Variance of one Brownian step per axis (2 D Δt) and of a localisation (median ``ep`` squared), px²."""
@@ -214,6 +259,12 @@ def link_tracks(detections: pd.DataFrame, *, pixel_size_um: float, frame_interva
     link = functools.partial(_link, search=search, memory=params.memory_frames, stop=stop,
                              step=params.adaptive_step, stop_um=params.adaptive_stop_um)
     particle = link(table[["frame", "y", "x"]])
+    dense = dense_search_px(table, particle, search) if params.search_range_um is None else search
+    if dense < search:  # crowded: the physical range reaches past the neighbours; the steps say how far to look
+        search, stop = dense, min(stop, 0.5 * dense)
+        link = functools.partial(_link, search=search, memory=params.memory_frames, stop=stop,
+                                 step=params.adaptive_step, stop_um=params.adaptive_stop_um)
+        particle = link(table[["frame", "y", "x"]])
     if params.mass_sigmas is not None and "mass" in table:
         coordinates = _with_brightness(table, particle, search / SEARCH_SIGMAS / params.mass_sigmas)
         if coordinates is not None:
