@@ -33,13 +33,15 @@ from pipeline.vocabulary import EVENTS  # noqa: E402
 TOLERANCE_FRAMES = 2
 
 
-def match_events(pred: pd.DataFrame, true: pd.DataFrame, tol: int = TOLERANCE_FRAMES) -> dict:
-    """Per kind: true, reported, matched (greedy, same particle and kind, |Δframe| ≤ tol)."""
-    out = {}
+def match_events(pred: pd.DataFrame, true: pd.DataFrame, tol: int = TOLERANCE_FRAMES) -> tuple[dict, set]:
+    """Per kind (true, reported, matched), greedy matching on the same particle (``track_id`` of
+    ``pred``, ``particle_id`` of ``true``) and kind with |Δframe| ≤ tol; and the index labels of
+    the true events matched."""
+    out, used = {}, set()
     for kind in EVENTS:
         p = pred[pred["kind"] == kind]
         t = true[true["kind"] == kind]
-        used, matched = set(), 0
+        matched = 0
         by_track = {k: g for k, g in t.groupby("particle_id")}
         for row in p.itertuples():
             cand = by_track.get(row.track_id)
@@ -50,7 +52,7 @@ def match_events(pred: pd.DataFrame, true: pd.DataFrame, tol: int = TOLERANCE_FR
                 used.add(near.index[abs(near["frame"] - row.frame).argmin()])
                 matched += 1
         out[kind] = (len(t), len(p), matched)
-    return out
+    return out, used
 
 
 def oracle(config: SimulationConfig, min_contact_frames: int) -> dict:
@@ -61,7 +63,7 @@ def oracle(config: SimulationConfig, min_contact_frames: int) -> dict:
     zoned = assign_zones(det, truth.cell_labels, pixel_size_um=config.pixel_size_um, params=ZoneParams())
     _, events = classify_tracks(zoned, frame_interval_s=config.frame_interval_s,
                                 params=ClassifyParams(min_contact_frames=min_contact_frames))
-    return match_events(events, truth.events)
+    return match_events(events, truth.events)[0]
 
 
 def main() -> None:
