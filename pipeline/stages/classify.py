@@ -141,9 +141,11 @@ class ClassifyParams(Params):
         10, ge=0, description="Baum-Welch rounds pooled over all tracks that re-estimate rates, sigma and initial "
         "state probabilities before decoding; 0 decodes with the priors.")
     min_contact_frames: int = Field(
-        3, ge=1, description="Minimum dwell of a binding: a membrane_bound stretch entered from and left to "
-        "extracellular with fewer detections than this is decoded extracellular (a free particle touching a "
-        "cell), so it gives neither a binding nor an unbinding. 1 keeps every decoded contact.")
+        3, ge=1, description="Minimum dwell for a contact and for an unbinding, detections: a membrane_bound "
+        "stretch between extracellular ones shorter than this is decoded extracellular (a free particle "
+        "touching a cell: neither binding nor unbinding); an extracellular stretch after membrane_bound that is "
+        "shorter and ends the track or returns to membrane_bound is decoded membrane_bound (no unbinding). "
+        "1 keeps every decoded change.")
 
 
 #: Motion class of each state: free (E, R), membrane (M), vesicle (V).
@@ -561,8 +563,12 @@ def _forward_backward(tracks: _Tracks, emission: np.ndarray, a: np.ndarray, gap_
 
 
 def _drop_short_contacts(tracks: _Tracks, states: np.ndarray, min_frames: int) -> np.ndarray:
-    """States (sorted order) with every membrane_bound stretch shorter than ``min_frames``
-    detections that is entered from and left to extracellular set to extracellular."""
+    """States (sorted order) with short stretches (under ``min_frames`` detections) that the data
+    cannot support as events relabelled: a membrane_bound stretch entered from and left to
+    extracellular becomes extracellular (a free particle touching a cell: no binding, no
+    unbinding); an extracellular stretch after a membrane_bound one that ends the track or is
+    followed by membrane_bound again becomes membrane_bound (an unbinding needs ``min_frames``
+    detections off the cell)."""
     if min_frames <= 1 or len(states) == 0:
         return states
     out = states.copy()
@@ -572,10 +578,14 @@ def _drop_short_contacts(tracks: _Tracks, states: np.ndarray, min_frames: int) -
     run_start = np.flatnonzero(change)
     run_end = np.append(run_start[1:], len(states)) - 1
     for first, last in zip(run_start, run_end, strict=True):
-        if (states[first] == M and last - first + 1 < min_frames and first > 0 and last + 1 < len(states)
-                and track[first - 1] == track[first] == track[last + 1]
-                and states[first - 1] == E and states[last + 1] == E):
+        if last - first + 1 >= min_frames or first == 0 or track[first - 1] != track[first]:
+            continue
+        before = states[first - 1]
+        after = states[last + 1] if last + 1 < len(states) and track[last + 1] == track[first] else None
+        if states[first] == M and before == E and after == E:
             out[first:last + 1] = E
+        elif states[first] == E and before == M and after in (None, M):
+            out[first:last + 1] = M
     return out
 
 
