@@ -167,3 +167,19 @@ def test_missing_model_is_reported_before_any_store_exists(tiny_config, tmp_path
     with pytest.raises(InputError, match="segment.model"):
         run(broken)
     assert not Run(broken).path.exists()
+
+
+def test_damaged_complete_store_is_an_error_not_empty_tables(tiny_config, tmp_path):
+    """An interrupted copy of a complete store: a missing table or a cut Parquet file is named, not read as 0 rows."""
+    made = run(tiny_config)
+    copy = tmp_path / "copied.zarr"
+    shutil.copytree(made, copy)
+    (copy / "tables" / "events.parquet").unlink()
+    particles = copy / "tables" / "particles.parquet"
+    particles.write_bytes(particles.read_bytes()[: particles.stat().st_size // 2])
+    results = load_results(copy)
+    assert len(results.cells) == len(load_results(made).cells)  # what is intact still reads
+    with pytest.raises(InputError, match="events is missing from a complete store"):
+        _ = results.events
+    with pytest.raises(InputError, match="particles.parquet: not a readable Parquet table"):
+        _ = results.particles

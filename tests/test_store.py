@@ -417,6 +417,7 @@ def test_full_round_trip(path, particles):
         ("tracks", tracks),
         ("events", events),
         ("cells", cells),
+        ("movie", pd.DataFrame({c: pd.Series(dtype=d) for c, d in TABLE_COLUMNS["movie"].items()})),
     ]:
         store.write_table(path, name, table)
     store.write_labels(path, np.ones((3, 8, 8), np.uint16))

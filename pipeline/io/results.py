@@ -133,6 +133,10 @@ class Results:
     def kinetics(self) -> xr.Dataset:
         """Per-cell time series (cell_id x frame), lazy."""
         if not (self.path / self._kinetics / "zarr.json").exists():
+            if self.attrs.get("complete"):
+                raise InputError(f"{self.path}: the kinetics group {self._kinetics} is missing from a complete "
+                                 "store (an interrupted copy?); copy the store again, or rerun `uptrack run` with "
+                                 "output.overwrite: true")
             return xr.Dataset()
         return xr.open_zarr(self.path, group=self._kinetics, consolidated=False, zarr_format=3)
 
@@ -146,6 +150,12 @@ class Results:
     def _table_or_empty(self, name: str) -> pd.DataFrame:
         if has_table(self.path, name, group=self._tables):
             return read_table(self.path, name, group=self._tables)
+        if self.attrs.get("complete"):  # a finished run wrote every table: this store was damaged
+            raise InputError(
+                f"{self.path}: table {self._tables}/{name} is missing from a complete store (an interrupted "
+                f"copy, or a file deleted by hand); copy the store again from where it was made, or rerun "
+                f"`uptrack run` with output.overwrite: true"
+            )
         return pd.DataFrame({c: pd.Series(dtype=d) for c, d in TABLE_COLUMNS[name].items()})
 
 
