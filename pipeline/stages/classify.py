@@ -268,6 +268,8 @@ def classify_tracks(
     return out, _with_posteriors(events, particles, tracks, posteriors)
 
 
+#: The events table's frame convention (also in its ``attrs``, for the store's metadata).
+EVENT_FRAME_CONVENTION = "frame = first frame in the new state (the detection after the change); time_s = frame * dt"
 #: Columns the HMM adds to the events table (see classify_tracks).
 EVENT_POSTERIOR_COLUMNS = ("p_event", "p_event_window", "frame_sd")
 
@@ -282,6 +284,7 @@ def _with_posteriors(events: pd.DataFrame, particles: pd.DataFrame, tracks: _Tra
     events = events.copy()
     for name, values in zip(EVENT_POSTERIOR_COLUMNS, posteriors, strict=True):
         events[name] = values[at] if len(at) else np.zeros(0)
+    events.attrs["frame_convention"] = EVENT_FRAME_CONVENTION
     return events
 
 
