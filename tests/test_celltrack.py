@@ -76,3 +76,25 @@ def test_entering_cell_gets_new_id():
     b = _frame((80, 80), {3: (40, 21, 10), 1: (40, 70, 8)})
     tracked = track_cells([a, b])
     assert tracked[1][40, 21] == 1 and tracked[1][40, 70] == 2
+
+
+def test_cells_moving_more_than_their_width_keep_their_ids():
+    """Elongated cells jumping ~1.5 radii per frame (as MSC cells do at 20 min frames): no overlap left."""
+    from skimage.draw import ellipse
+
+    rng = np.random.default_rng(3)
+    truth, frames = [], []
+    starts = [(60, 40, 30, 0.3), (150, 360, -30, 1.2), (240, 40, 25, 2.0)]  # y, x, x step px/frame, angle
+    for t in range(10):
+        true = np.zeros((300, 400), np.uint32)
+        perm = rng.permutation(3) + 1
+        frame = np.zeros_like(true)
+        for k, (cy, cx, step, angle) in enumerate(starts):
+            y, x = cy + 10 * np.sin(0.6 * t + k), cx + step * t
+            rr, cc = ellipse(y, x, 10, 28, shape=true.shape, rotation=angle + 0.1 * t)
+            true[rr, cc] = k + 1
+            frame[rr, cc] = perm[k]
+        truth.append(true)
+        frames.append(frame)
+    assert overlap_iou(truth[0] == 1, truth[1] == 1)[2].max() < 0.2  # overlap alone cannot follow them
+    assert _consistent(truth, track_cells(frames))

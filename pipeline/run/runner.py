@@ -63,6 +63,7 @@ from pipeline.stages.detect.params import PSF_FRAMES
 from pipeline.stages.kinetics import kinetics_tables
 from pipeline.stages.link import close_gaps, fill_gaps, link_tracks
 from pipeline.stages.motion import directed_runs, motion_segments
+from pipeline.stages.plausibility import background_warnings, blank_channel, cell_areas, cell_warnings, duplicated_frames
 from pipeline.stages.propagate import membrane_stain, propagate_labels, propagation_agrees
 from pipeline.stages.segment import SegmentParams, estimate_diameter_um, resolve_model, segment_frame
 from pipeline.stages.survival import spells, survival_table
@@ -387,6 +388,19 @@ class Run:
         store.create_store(self.path, attrs=attrs, overwrite=self.config.output.overwrite)
         return []
 
+    def warn(self, stage: str, messages: list[str]) -> None:
+        """Log plausibility (QC) warnings and record them in the store's ``qc_warnings`` attribute
+        (a list of {"stage", "message"}; a message already recorded is not repeated)."""
+        if not messages:
+            return
+        recorded = list(store.read_attrs(self.path).get("qc_warnings", []))
+        for message in messages:
+            log.warning("%s: %s", stage, message)
+            entry = {"stage": stage, "message": message}
+            if entry not in recorded:
+                recorded.append(entry)
+        store.update_attrs(self.path, qc_warnings=recorded)
+
     def _stage_input(self, stage: str, name: str) -> pd.DataFrame:
         """Table ``name`` as it was when ``stage`` first started (see the module docstring)."""
         group = f"{_INPUTS}/{stage}"
@@ -433,11 +447,20 @@ class Run:
         store.create_labels(self.path, raw.shape)
         tracker = CellTracker(self.config.track_cells)
         bar = progress(self.n_frames, "track cells", unit="frame")
+        areas = []
         for t in range(self.n_frames):
             frame = raw[t]
-            store.write_label_frames(self.path, t, relabel(frame, tracker.update(frame, t))[None])
+            stable = relabel(frame, tracker.update(frame, t))
+            store.write_label_frames(self.path, t, stable[None])
+            areas.append(cell_areas(stable, t))
             bar.update()
         bar.close()
+        middle = self.n_frames // 2
+        if self.n_frames:
+            cells_frame = _channel_frames(self.movie, self.channels[0], middle, middle + 1)[0]
+            self.warn("track_cells", blank_channel(cells_frame, middle, channel="cells"))
+        if areas:
+            self.warn("track_cells", cell_warnings(pd.concat(areas, ignore_index=True), self.n_frames))
         log.info("track_cells: %d cells over the movie", tracker.next_id - 1)
 
     def _detect_params(self) -> DetectParams:
@@ -449,7 +472,7 @@ class Run:
         frames = np.stack([np.asarray(self.movie.data[t, self.channels[1], 0]) for t in picks])
         psf = estimate_psf(frames, pixel_size_um=self.px_um, params=params)
         if psf.warning():
-            log.warning("detect: %s", psf.warning())
+            self.warn("detect", [psf.warning()])
         log.info("detect: PSF sigma %.3f µm (model error %.3f) from %d spots on %d frames", psf.sigma_um,
                  psf.model_error, psf.n_spots, len(picks))
         return params.model_copy(update={"psf_sigma_um": psf.sigma_um})
@@ -460,6 +483,12 @@ class Run:
                           channel=self.channels[1], params=self._detect_params())
         detections = pd.concat(parts, ignore_index=True)
         log.info("detect: %.1f particles per frame", len(detections) / max(self.n_frames, 1))
+        particle_frames = (self.movie.data[t, self.channels[1], 0] for t in range(self.n_frames))
+        self.warn("detect", duplicated_frames(particle_frames, self.dt_s))
+        if self.n_frames:
+            middle = self.n_frames // 2
+            frame = _channel_frames(self.movie, self.channels[1], middle, middle + 1)[0]
+            self.warn("detect", background_warnings(frame, middle, channel="particles"))
         store.write_table(self.path, "detections", detections)
 
     def link(self, client) -> None:
