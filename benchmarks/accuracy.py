@@ -68,6 +68,18 @@ REGIMES: dict[str, tuple[str, dict]] = {
         "k_internalization_per_min": 0.5, "k_release_per_min": 0.3,
     }),
 }
+#: Issue 13's hard movies: log-normal brightness (sigma 0.6), dim nucleus in the cytoplasm stain, wide
+#: PSF, membrane crossings over 3 frames, 80 frames, many events; free particles in the medium or
+#: sedimented.
+HARD = {"n_frames": 80, "brightness_sigma": 0.6, "nucleus_brightness": (0.3, 0.6), "cell_texture": 0.35,
+        "crossing_frames": 3, "n_bound_initial": 30, "n_vesicular_initial": 30, "particle_arrival_per_min": 30.0,
+        "p_binding_per_contact": 0.6, "k_internalization_per_min": 0.5, "k_release_per_min": 0.3}
+REGIMES |= {
+    "hard_medium": ("hard: D_free 0.5 µm²/s, PSF 1.3 px", {**HARD, "D_free_um2_s": 0.5, "psf_sigma_px": 1.3}),
+    "hard_sedimented": ("hard: D_free 0.05 µm²/s, PSF 1.1 px", {**HARD, "D_free_um2_s": 0.05,
+                                                                 "psf_sigma_px": 1.1}),
+    "hard_psf1.5": ("hard: D_free 0.3 µm²/s, PSF 1.5 px", {**HARD, "D_free_um2_s": 0.3, "psf_sigma_px": 1.5}),
+}
 #: --quick: these fields over every regime's.
 QUICK = {"shape": (256, 256), "n_frames": 40, "n_cells": 4}
 

@@ -224,3 +224,28 @@ def test_impossible_paths_cost_a_bounded_penalty_not_nan(recwarn):
     assert out["state"].notna().all()
     assert (events["kind"] == "release").sum() == 40 and set(events["kind"]) == {"release"}
     assert (out.loc[out["frame"] >= 10, "state"] == "released").all()
+
+
+def test_short_contacts_are_not_bindings_but_long_ones_are():
+    rng = np.random.default_rng(7)
+    scripts = [[(E, 25), (M, 4), (E, 25)], [(E, 20), (M, 10), (E, 20)]]
+    df = pd.concat([_scripted(s, rng, noise_um=0.05, track_id=i) for i, s in enumerate(scripts)], ignore_index=True)
+    out, events = classify_tracks(df, frame_interval_s=DT_S, params=ClassifyParams(min_contact_frames=6))
+    assert events.groupby("track_id")["kind"].apply(list).to_dict() == {1: ["binding", "unbinding"]}
+    assert (out.loc[df["track_id"] == 0, "state"] == "extracellular").all()
+    _, kept = classify_tracks(df, frame_interval_s=DT_S, params=ClassifyParams(min_contact_frames=1))
+    assert kept.groupby("track_id")["kind"].apply(list).to_dict() == {0: ["binding", "unbinding"],
+                                                                      1: ["binding", "unbinding"]}
+
+
+def test_event_posteriors_are_confident_for_clear_changes_and_locate_the_frame():
+    rng = np.random.default_rng(3)
+    df = _scripted([(E, 20), (M, 20), (V, 20)], rng, noise_um=0.1)
+    _, events = classify_tracks(df, frame_interval_s=DT_S, params=PARAMS)
+    assert list(events["kind"]) == ["binding", "internalization"]
+    assert ((events["p_event"] > 0) & (events["p_event"] <= events["p_event_window"] + 1e-12)).all()
+    assert (events["p_event_window"] > 0.9).all() and (events["p_event_window"] <= 1 + 1e-9).all()
+    assert (events["frame_sd"] >= 0).all() and (events["frame_sd"] < 1.5).all()
+    noisy = _scripted([(E, 20), (M, 20), (V, 20)], np.random.default_rng(3), noise_um=0.6)
+    _, vague = classify_tracks(noisy, frame_interval_s=DT_S, params=PARAMS)
+    assert vague["p_event"].mean() < events["p_event"].mean()

@@ -233,3 +233,25 @@ def test_cli_writes_movie_truth_and_preview(tmp_path, capsys):
     assert (tmp_path / "again.png").is_file()
     assert cli_main(["simulate", str(tmp_path / "bad"), "--set", "no_such_field=1"]) == 2
     assert cli_main(["simulate", str(tmp_path / "bad"), "--set", "n_cells=40"]) == 2
+
+
+def test_crossing_frames_move_new_vesicles_in_over_several_frames():
+    from pipeline.sim.simulate import SimulationConfig, simulate
+    from pipeline.stages.zones import ZoneParams, assign_zones
+
+    fields = dict(shape=(192, 192), n_frames=30, n_cells=3, n_bound_initial=30, n_vesicular_initial=0,
+                  n_particles_initial=0, particle_arrival_per_min=0, k_internalization_per_min=2.0,
+                  k_release_per_min=0.0, k_unbinding_per_min=0.0, seed=4)
+    depth = {}
+    for frames in (0, 4):
+        sim = simulate(SimulationConfig(**fields, crossing_frames=frames))
+        t = sim.truth
+        parts = t.particles.reset_index(drop=True)
+        zoned = assign_zones(parts[["frame", "y", "x"]], t.cell_labels, pixel_size_um=0.2, params=ZoneParams())
+        parts["d"] = zoned["distance_um"].to_numpy()
+        ev = t.events[t.events["kind"] == "internalization"]
+        assert len(ev) >= 10
+        at = parts.merge(ev[["particle_id", "frame"]], on=["particle_id", "frame"])
+        depth[frames] = at["d"].median()
+    assert depth[0] < -0.8  # at once at interior depth (rho 0.85 of a ~7 µm cell)
+    assert -0.5 < depth[4] < 0  # just inside the membrane at the event frame

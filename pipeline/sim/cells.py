@@ -231,8 +231,10 @@ def evolve_layout(layout: CellLayout, rng: np.random.Generator, shape: tuple[int
     return replace(layout, centers=centers, harmonics=harmonics)
 
 
-def random_looks(rng: np.random.Generator, n: int, *, brightness_cv: float) -> CellLooks:
-    """Draw per-cell brightness, texture and nucleus."""
+def random_looks(rng: np.random.Generator, n: int, *, brightness_cv: float,
+                 nucleus_brightness: tuple[float, float] = (0.6, 1.3)) -> CellLooks:
+    """Draw per-cell brightness, texture and nucleus (its stain brightness uniform in
+    ``nucleus_brightness``, relative to the cytoplasm)."""
     grid = rng.normal(size=(n, TEXTURE_GRID, TEXTURE_GRID))
     coarse = ndimage.gaussian_filter(grid, (0, 4, 4))
     fine = ndimage.gaussian_filter(rng.normal(size=grid.shape), (0, 1, 1))
@@ -242,7 +244,7 @@ def random_looks(rng: np.random.Generator, n: int, *, brightness_cv: float) -> C
         texture=(texture / 1.17).astype(np.float32),
         nucleus_center=rng.uniform(-0.15, 0.15, size=(n, 2)),
         nucleus_axes=rng.uniform(0.3, 0.45, size=(n, 2)),
-        nucleus_brightness=rng.uniform(0.6, 1.3, size=n),
+        nucleus_brightness=rng.uniform(*nucleus_brightness, size=n),
     )
 
 

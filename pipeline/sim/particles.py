@@ -197,8 +197,34 @@ class ParticleSystem:
             new_state = self.p["next_state"][due[0]]
             idx = due[self.p["next_state"][due] == new_state]
             if new_state == VESICULAR:
-                self.p["rho"][idx] = RHO_VESICLE_MAX
+                self.p["rho"][idx] = self._entry_rho(idx, layout)
             self._enter(idx, int(new_state), self.p["t_next"][idx].copy(), frame, layout)
+
+    def _entry_rho(self, idx: np.ndarray, layout: CellLayout) -> np.ndarray:
+        """Relative radius of new vesicles: their interior depth, or, with ``crossing_frames``,
+        just inside the membrane (``DOCK_DEPTH_PX``), from where they move in (see _cross)."""
+        if self.config.crossing_frames == 0:
+            return np.full(len(idx), RHO_VESICLE_MAX)
+        radius = layout.radius(self.p["cell"][idx], self.p["uy"][idx], self.p["ux"][idx])
+        return np.maximum(1.0 - DOCK_DEPTH_PX / radius, RHO_VESICLE_MAX)
+
+    def _cross(self, idx: np.ndarray, before: tuple[np.ndarray, np.ndarray, np.ndarray], t1: float,
+               layout: CellLayout) -> None:
+        """Vesicles still crossing the membrane (``rho`` before this step, in ``before`` with the
+        direction, above ``RHO_VESICLE_MAX``, internalized under ``crossing_frames`` intervals
+        before ``t1``) keep their direction and move one ``1 / crossing_frames`` of the way from
+        the membrane to ``RHO_VESICLE_MAX`` instead of their Brownian step."""
+        frames = self.config.crossing_frames
+        uy0, ux0, rho0 = before
+        crossing = (frames > 0) & (rho0 > RHO_VESICLE_MAX) & (t1 - self.p["t_enter"][idx] < (frames + 1) * self.dt)
+        if not crossing.any():
+            return
+        sel = idx[crossing]
+        uy0, ux0, rho0 = uy0[crossing], ux0[crossing], rho0[crossing]
+        radius = layout.radius(self.p["cell"][sel], uy0, ux0)
+        step = np.maximum(1.0 - DOCK_DEPTH_PX / radius - RHO_VESICLE_MAX, 0.0) / frames
+        self.p["uy"][sel], self.p["ux"][sel] = uy0, ux0
+        self.p["rho"][sel] = np.maximum(rho0 - step, RHO_VESICLE_MAX)
 
     # -- motion ------------------------------------------------------------------
 
@@ -212,6 +238,7 @@ class ParticleSystem:
     def _move_vesicles(self, idx: np.ndarray, t1: float, layout: CellLayout) -> None:
         p = self.p
         cell, uy, ux = p["cell"][idx], p["uy"][idx], p["ux"][idx]
+        uy0, ux0, rho0 = uy.copy(), ux.copy(), p["rho"][idx].copy()
         dist = p["rho"][idx] * layout.radius(cell, uy, ux)
         step = self.rng.normal(size=(len(idx), 2)) * np.sqrt(2 * self.D_vesicle * self.dt)
         runs = self.rng.random(len(idx)) < -np.expm1(-self.config.vesicle_run_rate_per_min / 60 * self.dt)
@@ -233,6 +260,7 @@ class ParticleSystem:
         keep = ~heading_out
         p["uy"][idx[keep]], p["ux"][idx[keep]] = uy[keep], ux[keep]
         p["rho"][idx] = np.where(heading_out, out, rho)
+        self._cross(idx[keep], (uy0[keep], ux0[keep], rho0[keep]), t1, layout)
 
     def _move_free(self, idx: np.ndarray, t1: float, frame: int, layout: CellLayout) -> None:
         p = self.p

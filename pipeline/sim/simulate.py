@@ -98,6 +98,9 @@ class SimulationConfig(Params):
     cell_snr: float = Field(10.0, gt=0, description="SNR of a typical cell-channel pixel")
     cell_brightness_cv: float = Field(0.3, ge=0, description="cell-to-cell brightness variation (CV)")
     cell_texture: float = Field(0.25, ge=0, description="relative amplitude of the intensity texture")
+    nucleus_brightness: tuple[float, float] = Field((0.6, 1.3), description="range of the nucleus' brightness "
+                                                    "in the cytoplasmic stain, relative to the cytoplasm "
+                                                    "(< 1: a dim nucleus)")
 
     # particles
     n_particles_initial: int = Field(40, ge=0, description="extracellular particles at frame 0")
@@ -118,6 +121,8 @@ class SimulationConfig(Params):
     brightness_sigma: float = Field(0.4, ge=0, description="sigma of log particle photons")
     bleach_rate_per_frame: float = Field(0.0, ge=0, description="photobleaching: photons decay exp(-rate·frames)")
     blink_probability: float = Field(0.0, ge=0, le=1, description="probability a particle is dark in a frame")
+    crossing_frames: int = Field(0, ge=0, description="internalization: frames a new vesicle takes to move from "
+                                 "the membrane to its interior depth (0: at once)")
 
     # optics and camera
     numerical_aperture: float = Field(1.4, gt=0)
@@ -248,7 +253,8 @@ def simulate(config: SimulationConfig) -> Simulation:
     rng_cells = np.random.default_rng(seed_cells)
     layouts = _cell_layouts(config, rng_cells)
     n_cells = layouts[0].n_cells
-    looks = random_looks(rng_cells, n_cells, brightness_cv=config.cell_brightness_cv)
+    looks = random_looks(rng_cells, n_cells, brightness_cv=config.cell_brightness_cv,
+                         nucleus_brightness=config.nucleus_brightness)
     k_int = config.k_internalization_per_min * lognormal_factor(rng_cells, config.cell_rate_cv, n_cells)
     k_rel = config.k_release_per_min * lognormal_factor(rng_cells, config.cell_rate_cv, n_cells)
     scale = _photon_scale(config)

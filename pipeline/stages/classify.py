@@ -140,6 +140,12 @@ class ClassifyParams(Params):
     em_iterations: int = Field(
         10, ge=0, description="Baum-Welch rounds pooled over all tracks that re-estimate rates, sigma and initial "
         "state probabilities before decoding; 0 decodes with the priors.")
+    min_contact_frames: int = Field(
+        3, ge=1, description="Minimum dwell for a contact and for an unbinding, detections: a membrane_bound "
+        "stretch between extracellular ones shorter than this is decoded extracellular (a free particle "
+        "touching a cell: neither binding nor unbinding); an extracellular stretch after membrane_bound that is "
+        "shorter and ends the track or returns to membrane_bound is decoded membrane_bound (no unbinding). "
+        "1 keeps every decoded change.")
 
 
 #: Motion class of each state: free (E, R), membrane (M), vesicle (V).
@@ -232,19 +238,54 @@ def classify_tracks(
         their origin cell as ``cell_id`` (see the module docstring).
     events : DataFrame
         ``track_id``, ``cell_id``, ``frame`` (first frame in the new state),
-        ``time_s``, ``kind``; sorted by frame and track.
+        ``time_s``, ``kind``; sorted by frame and track; and from the HMM's
+        forward-backward posterior: ``p_event`` (probability of the decoded
+        jump, previous state → new state, exactly between the previous detection
+        and this one), ``p_event_window`` (the same summed over the 3
+        detections either side: the probability the jump happened near here)
+        and ``frame_sd`` (posterior standard deviation of the jump's frame in
+        that window, frames).
     """
     _require(particles, ("track_id", "frame", "y", "x", "cell_id", "distance_um"))
     if particles.empty:
-        return events_from_states(particles, np.zeros(0, np.int64), frame_interval_s=frame_interval_s)
+        out, events = events_from_states(particles, np.zeros(0, np.int64), frame_interval_s=frame_interval_s)
+        return out, events.assign(**{name: np.zeros(0) for name in EVENT_POSTERIOR_COLUMNS})
     track_id = particles["track_id"].to_numpy(np.int64)
     dt_min = frame_interval_s / 60.0
     model = _fit(particles.iloc[_training_rows(track_id)], params, dt_min)
     tracks = _Tracks(track_id, particles["frame"].to_numpy(np.int64))
     log_emission, _, _ = _log_emission(_observations(particles, tracks), model, params)
+    decoded = _viterbi(tracks, log_emission, _log_transitions(model, tracks.gap, dt_min), model)
+    decoded = _drop_short_contacts(tracks, decoded, params.min_contact_frames)
+    a, gap_index = _transition_matrices(model, tracks.gap, dt_min)
+    emission = np.exp(log_emission - log_emission.max(axis=1, keepdims=True))
+    *_, xi = _forward_backward(tracks, emission, a, gap_index, model.log_initial)
+    sorted_frame = particles["frame"].to_numpy(np.int64)[tracks.order]
+    posteriors = _event_posteriors(tracks, decoded, xi, sorted_frame)
     states = np.empty(len(particles), np.int64)
-    states[tracks.order] = _viterbi(tracks, log_emission, _log_transitions(model, tracks.gap, dt_min), model)
-    return events_from_states(particles, states, frame_interval_s=frame_interval_s)
+    states[tracks.order] = decoded
+    out, events = events_from_states(particles, states, frame_interval_s=frame_interval_s)
+    return out, _with_posteriors(events, particles, tracks, posteriors)
+
+
+#: The events table's frame convention (also in its ``attrs``, for the store's metadata).
+EVENT_FRAME_CONVENTION = "frame = first frame in the new state (the detection after the change); time_s = frame * dt"
+#: Columns the HMM adds to the events table (see classify_tracks).
+EVENT_POSTERIOR_COLUMNS = ("p_event", "p_event_window", "frame_sd")
+
+
+def _with_posteriors(events: pd.DataFrame, particles: pd.DataFrame, tracks: _Tracks,
+                     posteriors: tuple[np.ndarray, np.ndarray, np.ndarray]) -> pd.DataFrame:
+    """``events`` with the posterior columns of the detection each event is at (track, frame)."""
+    key = pd.MultiIndex.from_arrays([particles["track_id"].to_numpy(np.int64)[tracks.order],
+                                     particles["frame"].to_numpy(np.int64)[tracks.order]])
+    at = key.get_indexer(pd.MultiIndex.from_arrays([events["track_id"].to_numpy(np.int64),
+                                                    events["frame"].to_numpy(np.int64)]))
+    events = events.copy()
+    for name, values in zip(EVENT_POSTERIOR_COLUMNS, posteriors, strict=True):
+        events[name] = values[at] if len(at) else np.zeros(0)
+    events.attrs["frame_convention"] = EVENT_FRAME_CONVENTION
+    return events
 
 
 def classify_by_zone(particles: pd.DataFrame, *, frame_interval_s: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -497,6 +538,82 @@ def _viterbi(tracks: _Tracks, log_emission: np.ndarray, log_transitions: tuple[n
     return states
 
 
+def _forward_backward(tracks: _Tracks, emission: np.ndarray, a: np.ndarray, gap_index: np.ndarray,
+                      log_initial: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scaled forward-backward over all tracks (sorted order).
+
+    Returns ``alpha``, ``beta`` (n, 4), the per-row scales (n,) and ``xi`` (n, 4, 4): the
+    posterior probability of states (a, b) at the previous and this detection (zero at track
+    starts).
+    """
+    starts = tracks.starts
+    alpha = np.zeros_like(emission)
+    scale = np.ones(len(emission))
+    first = np.exp(log_initial) * emission[starts]
+    scale[starts] = first.sum(axis=1)
+    alpha[starts] = first / scale[starts, None]
+    for idx in tracks.steps():
+        step = np.einsum("ij,ijk->ik", alpha[idx - 1], a[gap_index[idx]]) * emission[idx]
+        scale[idx] = step.sum(axis=1)
+        alpha[idx] = step / scale[idx, None]
+    beta = np.ones_like(emission)
+    xi = np.zeros((len(emission), 4, 4))
+    for idx in tracks.steps(reverse=True):
+        weighted = emission[idx] * beta[idx] / scale[idx, None]
+        xi[idx] = alpha[idx - 1][:, :, None] * a[gap_index[idx]] * weighted[:, None, :]
+        beta[idx - 1] = np.einsum("ijk,ik->ij", a[gap_index[idx]], weighted)
+    return alpha, beta, scale, xi
+
+
+def _drop_short_contacts(tracks: _Tracks, states: np.ndarray, min_frames: int) -> np.ndarray:
+    """States (sorted order) with short stretches (under ``min_frames`` detections) that the data
+    cannot support as events relabelled: a membrane_bound stretch entered from and left to
+    extracellular becomes extracellular (a free particle touching a cell: no binding, no
+    unbinding); an extracellular stretch after a membrane_bound one that ends the track or is
+    followed by membrane_bound again becomes membrane_bound (an unbinding needs ``min_frames``
+    detections off the cell)."""
+    if min_frames <= 1 or len(states) == 0:
+        return states
+    out = states.copy()
+    track = np.repeat(np.arange(len(tracks.lengths)), tracks.lengths)
+    change = np.ones(len(states), bool)
+    change[1:] = (states[1:] != states[:-1]) | (track[1:] != track[:-1])
+    run_start = np.flatnonzero(change)
+    run_end = np.append(run_start[1:], len(states)) - 1
+    for first, last in zip(run_start, run_end, strict=True):
+        if last - first + 1 >= min_frames or first == 0 or track[first - 1] != track[first]:
+            continue
+        before = states[first - 1]
+        after = states[last + 1] if last + 1 < len(states) and track[last + 1] == track[first] else None
+        if states[first] == M and before == E and after == E:
+            out[first:last + 1] = E
+        elif states[first] == E and before == M and after in (None, M):
+            out[first:last + 1] = M
+    return out
+
+
+def _event_posteriors(tracks: _Tracks, states: np.ndarray, xi: np.ndarray, frame: np.ndarray,
+                      window: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per detection (sorted order) where the decoded state changes: the posterior probability of
+    that jump (previous state → this state) exactly there, summed over the ``window`` detections
+    either side in the same track, and the posterior standard deviation of its frame there
+    (frames). NaN elsewhere."""
+    n = len(states)
+    p_here, p_near, frame_sd = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    track = np.repeat(np.arange(len(tracks.lengths)), tracks.lengths)
+    for i in np.flatnonzero((np.arange(n) > 0) & ~tracks.is_start & (np.diff(states, prepend=states[:1]) != 0)):
+        a, b = states[i - 1], states[i]
+        lo, hi = max(i - window, 0), min(i + window, n - 1)
+        js = np.arange(lo, hi + 1)
+        js = js[(track[js] == track[i]) & ~tracks.is_start[js]]
+        w = xi[js, a, b]
+        p_here[i], p_near[i] = xi[i, a, b], w.sum()
+        if w.sum() > 0:
+            mean = np.sum(w * frame[js]) / w.sum()
+            frame_sd[i] = np.sqrt(np.sum(w * (frame[js] - mean) ** 2) / w.sum())
+    return p_here, p_near, frame_sd
+
+
 def _baum_welch_step(tracks: _Tracks, obs: _Observations, model: _Model, prior: _Model, dt_min: float,
                      params: ClassifyParams) -> tuple[_Model, float]:
     """One pooled Baum-Welch round (scaled forward-backward).
@@ -508,22 +625,8 @@ def _baum_welch_step(tracks: _Tracks, obs: _Observations, model: _Model, prior: 
     emission = np.exp(log_e - row_max)  # per-row scale cancels in the posteriors
     a, gap_index = _transition_matrices(model, tracks.gap, dt_min)
     starts = tracks.starts
-    alpha = np.zeros_like(emission)
-    scale = np.ones(len(emission))
-    first = np.exp(model.log_initial) * emission[starts]
-    scale[starts] = first.sum(axis=1)
-    alpha[starts] = first / scale[starts, None]
-    for idx in tracks.steps():
-        step = np.einsum("ij,ijk->ik", alpha[idx - 1], a[gap_index[idx]]) * emission[idx]
-        scale[idx] = step.sum(axis=1)
-        alpha[idx] = step / scale[idx, None]
-    beta = np.ones_like(emission)
-    jumps = np.zeros((len(a), 16))  # expected (from, to) counts per distinct gap
-    for idx in tracks.steps(reverse=True):
-        weighted = emission[idx] * beta[idx] / scale[idx, None]
-        xi = alpha[idx - 1][:, :, None] * a[gap_index[idx]] * weighted[:, None, :]
-        jumps += np.eye(len(a))[gap_index[idx]].T @ xi.reshape(-1, 16)
-        beta[idx - 1] = np.einsum("ijk,ik->ij", a[gap_index[idx]], weighted)
+    alpha, beta, scale, xi = _forward_backward(tracks, emission, a, gap_index, model.log_initial)
+    jumps = np.eye(len(a))[gap_index].T @ xi.reshape(-1, 16)  # expected (from, to) counts per distinct gap
     gamma = alpha * beta
     gamma /= gamma.sum(axis=1, keepdims=True)
 
