@@ -125,3 +125,19 @@ def test_weights_of_another_cellpose_generation_give_a_clear_error(tmp_path):
     message = str(err.value)
     assert str(weights) in message
     assert importlib.metadata.version("cellpose") in message and "pip install" in message
+
+
+def test_xz_weights_unpack_once_into_the_cache(tmp_path, monkeypatch):
+    """A model shipped as <name>.xz is named without .xz; it is unpacked once, atomically, into the cache."""
+    import lzma
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    weights = np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes()
+    (tmp_path / "mine.xz").write_bytes(lzma.compress(weights))
+    path, builtin = resolve_model(str(tmp_path / "mine"))
+    assert not builtin and Path(path).read_bytes() == weights
+    assert Path(path).parent == tmp_path / "cache" / "uptrack" / "models"
+    assert resolve_model(str(tmp_path / "mine.xz"))[0] == path  # the same file, not unpacked again
+    (tmp_path / "bad.xz").write_bytes(b"not xz at all")
+    with pytest.raises(InputError, match=r"bad\.xz: not a readable xz file"):
+        resolve_model(str(tmp_path / "bad"))

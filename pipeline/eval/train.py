@@ -29,6 +29,7 @@ def train_model(
     diam_mean_px: float = 17.0,
     save_every: int = 25,
     from_model: str | None = None,
+    save_each: bool = False,
 ) -> Path:
     """Train a Cellpose 3 model (from scratch or from weights) and save it in half precision.
 
@@ -58,6 +59,9 @@ def train_model(
     from_model
         Weights path or built-in name to fine-tune (None: train from scratch). Its own
         ``diam_mean`` is kept and ``diam_mean_px`` is ignored.
+    save_each
+        Keep every checkpoint (``checkpoints/NAME_epoch_N``) instead of overwriting one, to
+        score the model against training time.
 
     Returns
     -------
@@ -92,6 +96,7 @@ def train_model(
         min_train_masks=1,
         save_path=str(checkpoints),
         save_every=save_every,
+        save_each=save_each,
         model_name=out_path.stem,
     )
     log.info("training loss: first epoch %.3f, last epoch %.3f", train_losses[0], train_losses[-1])
