@@ -11,7 +11,8 @@ PIPELINE = Path(__file__).resolve().parents[1] / "pipeline"
 
 #: Layer of each part of pipeline/; a module may import only from layers strictly below its own
 #: (and from its own part). stages, io and sim are siblings: none imports another.
-RANK = {"errors": 0, "vocabulary": 0, "optics": 0, "params": 0, "stages": 1, "io": 1, "sim": 1, "eval": 2, "run": 3, "cli": 4}
+RANK = {"errors": 0, "vocabulary": 0, "optics": 0, "params": 0, "weights": 0.5,
+        "stages": 1, "io": 1, "sim": 1, "eval": 2, "run": 3, "cli": 4}
 
 #: Names that read or write files; a stage takes arrays and tables, never a path.
 FILE_ACCESS = {"open", "tifffile", "zarr", "imageio", "read_csv", "read_parquet", "to_csv", "to_parquet", "imread",

@@ -127,7 +127,11 @@ def resolve_model(model: str) -> tuple[str, bool]:
     if not path.is_file() and path.with_name(path.name + ".xz").is_file():
         path = path.with_name(path.name + ".xz")  # shipped compressed (the repository stays small)
     if path.is_file():
-        return str(unpacked_weights(path) if path.suffix == ".xz" else path), False
+        if path.suffix == ".xz":
+            from pipeline.weights import unpacked_weights
+
+            path = unpacked_weights(path)
+        return str(path), False
     if model in _builtin_names():
         weights = _builtin_weights_file(model)
         if not weights.is_file():
@@ -138,42 +142,6 @@ def resolve_model(model: str) -> tuple[str, bool]:
         f"Cellpose {cellpose_major_version()} model ({', '.join(_builtin_names())}). "
         "Fix the path (relative paths are relative to the config file) or use a built-in name."
     )
-
-
-def unpacked_weights(packed: Path) -> Path:
-    """The weights of an xz-compressed file, unpacked once into the user's cache.
-
-    Parameters
-    ----------
-    packed : Path
-        ``<name>.xz``.
-
-    Returns
-    -------
-    Path
-        ``$XDG_CACHE_HOME/uptrack/models/<name>-<sha256 of the packed file, 12 hex>`` (default
-        ``~/.cache``); written to a temporary name and renamed, so concurrent workers never read
-        a half-written file. The packed file is never changed.
-    """
-    import hashlib
-    import lzma
-    import os
-    import tempfile
-
-    digest = hashlib.sha256(packed.read_bytes()).hexdigest()[:12]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uptrack" / "models"
-    target = cache / f"{packed.stem}-{digest}"
-    if target.is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    try:
-        data = lzma.decompress(packed.read_bytes())
-    except lzma.LZMAError as exc:
-        raise InputError(f"{packed}: not a readable xz file ({exc}); copy the model again") from exc
-    with tempfile.NamedTemporaryFile(dir=cache, delete=False, prefix=f".{target.name}.") as fh:
-        fh.write(data)
-    os.replace(fh.name, target)
-    return target
 
 
 def _use_gpu(gpu: Literal["auto", True, False]) -> bool:
