@@ -27,14 +27,15 @@ def unpacked_weights(packed: Path) -> Path:
     import os
     import tempfile
 
-    digest = hashlib.sha256(packed.read_bytes()).hexdigest()[:12]
+    raw = packed.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()[:12]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uptrack" / "models"
     target = cache / f"{packed.stem}-{digest}"
     if target.is_file():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     try:
-        data = lzma.decompress(packed.read_bytes())
+        data = lzma.decompress(raw)
     except lzma.LZMAError as exc:
         raise InputError(f"{packed}: not a readable xz file ({exc}); copy the model again") from exc
     with tempfile.NamedTemporaryFile(dir=cache, delete=False, prefix=f".{target.name}.") as fh:
