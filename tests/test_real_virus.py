@@ -46,10 +46,14 @@ def test_detections_near_the_hand_count(detections):
     assert per_frame.between(0.6 * HAND_COUNT_FRAME0, 2.0 * HAND_COUNT_FRAME0).all()
 
 
-def test_long_tracks_stay_in_one_piece(detections):
+@pytest.mark.parametrize("search_range_um", [None, REFERENCE_PX * PIXEL_UM], ids=["defaults", "hand-set range"])
+def test_long_tracks_stay_in_one_piece(detections, search_range_um):
+    """With the defaults too: the brightness term, weighted for the heavy tails of real brightness
+    changes, no longer breaks them (defaults on the 72-frame movie: 0.73 of the long tracks in
+    <= 2 pieces before, 0.93 after)."""
     logging.getLogger("trackpy").setLevel(logging.WARNING)
     reference = trackpy.link(detections[["frame", "y", "x"]], REFERENCE_PX, memory=2)["particle"].sort_index()
-    params = LinkParams(search_range_um=REFERENCE_PX * PIXEL_UM)
+    params = LinkParams(search_range_um=search_range_um)
     assert _log_mass_spread(detections, reference.to_numpy()) is not None  # the brightness term is used
     scale = {"pixel_size_um": PIXEL_UM, "frame_interval_s": FRAME_S, "params": params}
     tracks = close_gaps(link_tracks(detections, **scale), **scale)
