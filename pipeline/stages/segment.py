@@ -44,7 +44,7 @@ class SegmentParams(Params):
         None,
         gt=0,
         description="Typical cell diameter, µm. None: measured on the movie (Cellpose run at the "
-        "model's own diameter, then at the median diameter of the cells it found).",
+        "model's own diameter, then at the area-weighted median diameter of the cells it found).",
     )
     flow_threshold: float = Field(0.4, ge=0, description="Cellpose flow error threshold.")
     flow_iterations: int | None = Field(
