@@ -183,3 +183,32 @@ def test_damaged_complete_store_is_an_error_not_empty_tables(tiny_config, tmp_pa
         _ = results.events
     with pytest.raises(InputError, match="particles.parquet: not a readable Parquet table"):
         _ = results.particles
+
+
+def _corrupt_first_chunk(array_dir: Path) -> Path:
+    """Overwrite the middle of the largest chunk file of a zarr array with garbage; return it."""
+    chunks = sorted((p for p in (array_dir / "c").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    chunk = chunks[-1]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 4: len(data) // 2] = b"\xff" * (len(data) // 2 - len(data) // 4)
+    chunk.write_bytes(bytes(data))
+    return chunk
+
+
+def test_damaged_array_chunks_are_named(tiny_config, tmp_path):
+    """A damaged chunk of the cell labels or of the kinetics is an InputError naming the store, the
+    array and the chunk, not a bare codec error; undamaged parts still read."""
+    made = run(tiny_config)
+    copy = tmp_path / "copied.zarr"
+    shutil.copytree(made, copy)
+    results = load_results(copy)
+    labels_dir = copy / "labels" / "cells" / "0"
+    chunk = _corrupt_first_chunk(labels_dir)
+    with pytest.raises(InputError, match=r"labels/cells/0.*cannot be decoded.*damaged"):
+        results.cell_labels.compute()
+    assert len(results.cells) == len(load_results(made).cells)
+    kinetics = next(p for p in (copy / "kinetics").iterdir() if (p / "c").is_dir())
+    _corrupt_first_chunk(kinetics)
+    with pytest.raises(InputError, match=rf"kinetics/{kinetics.name}.*cannot be decoded.*damaged"):
+        _ = load_results(copy).kinetics
+    assert chunk.is_file()

@@ -131,21 +131,28 @@ class Results:
 
     @cached_property
     def kinetics(self) -> xr.Dataset:
-        """Per-cell time series (cell_id x frame), lazy."""
+        """Per-cell time series (cell_id x frame), read into memory (small); a damaged chunk is an InputError."""
         if not (self.path / self._kinetics / "zarr.json").exists():
             if self.attrs.get("complete"):
                 raise InputError(f"{self.path}: the kinetics group {self._kinetics} is missing from a complete "
                                  "store (an interrupted copy?); copy the store again, or rerun `uptrack run` with "
                                  "output.overwrite: true")
             return xr.Dataset()
-        return xr.open_zarr(self.path, group=self._kinetics, consolidated=False, zarr_format=3)
+        dataset = xr.open_zarr(self.path, group=self._kinetics, consolidated=False, zarr_format=3)
+        for name, variable in dataset.variables.items():  # small (cells x frames): read now, damage named now
+            try:
+                variable.load()
+            except Exception as error:  # any codec's own error for a damaged chunk
+                raise InputError(_damaged_chunk_message(self.path, f"{self._kinetics}/{name}", None, error)) from error
+        return dataset
 
     @cached_property
     def cell_labels(self) -> da.Array | None:
         """Cell label image (t, [z,] y, x), uint32, lazy."""
         if not (self.path / LABELS / "0" / "zarr.json").exists():
             return None
-        return da.from_zarr(zarr.open_array(self.path / LABELS / "0", mode="r", zarr_format=3))
+        array = zarr.open_array(self.path / LABELS / "0", mode="r", zarr_format=3)
+        return da.from_array(_NamedChunks(array, self.path, f"{LABELS}/0"), chunks=array.chunks, asarray=True)
 
     def _table_or_empty(self, name: str) -> pd.DataFrame:
         if has_table(self.path, name, group=self._tables):
@@ -157,6 +164,31 @@ class Results:
                 f"`uptrack run` with output.overwrite: true"
             )
         return pd.DataFrame({c: pd.Series(dtype=d) for c, d in TABLE_COLUMNS[name].items()})
+
+
+class _NamedChunks:
+    """A zarr array whose reads turn a codec error (a damaged chunk) into an InputError naming the store,
+    the array and the region; for lazy dask arrays, where the error comes only when computed."""
+
+    def __init__(self, array: zarr.Array, store_path: Path, name: str):
+        self.array, self.store_path, self.name = array, store_path, name
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key):
+        try:
+            return self.array[key]
+        except Exception as error:  # zstd / blosc / ... raise their own RuntimeError, ValueError
+            raise InputError(_damaged_chunk_message(self.store_path, self.name, key, error)) from error
+
+
+def _damaged_chunk_message(store_path: Path, name: str, key, error: Exception) -> str:
+    where = ""
+    if isinstance(key, tuple) and all(isinstance(k, slice) for k in key):
+        where = " at [" + ", ".join(f"{k.start or 0}:{k.stop}" for k in key) + "]"
+    first = str(error).splitlines()[0] if str(error) else ""
+    return (f"{store_path}: array {name}{where} cannot be decoded ({type(error).__name__}: {first}): a chunk "
+            "file of the store is damaged (an interrupted copy, a failing disk); copy the store again from "
+            "where it was made, or rerun `uptrack run` with output.overwrite: true")
 
 
 def load_results(path: str | Path, *, allow_partial: bool = False, curated: bool = False) -> Results:

@@ -485,6 +485,7 @@ def create_labels(path: str | Path, shape: tuple[int, ...], *, name: str = "cell
         chunks=(1,) * (len(shape) - 2) + tuple(shape[-2:]),
         fill_value=0,
         dimension_names=list(axes),
+        compressors=checked_compressor(),
     )
 
 
@@ -590,7 +591,7 @@ def write_image(path: str | Path, data, *, channel_names: list[str], downsample:
     root = zarr.open_group(path, mode="r+", zarr_format=3)
     chunks = (1,) * (movie.ndim - 2) + tuple(movie.shape[-2:])
     array = root.create_array("0", shape=movie.shape, dtype=movie.dtype, chunks=chunks, fill_value=0,
-                              dimension_names=list(axes), overwrite=True)
+                              dimension_names=list(axes), overwrite=True, compressors=checked_compressor())
     da.store(movie.rechunk(chunks), array, lock=False)
     multiscale = Multiscale(axes=_ngff_axes(axes), name=Path(path).stem, datasets=[
         NgffDataset.build(path="0", scale=_ngff_scale(axes, attrs, downsample), translation=None)],
@@ -648,13 +649,23 @@ def write_labels(path: str | Path, labels) -> None:
     da.store(frames, array, lock=False)
 
 
+def checked_compressor():
+    """Zarr's default compressor (zstd, level 0) with its content checksum on: a damaged chunk is a
+    decoding error, never silently different numbers (small chunks are stored as raw zstd blocks,
+    which decode whatever their bytes are)."""
+    from zarr.codecs import ZstdCodec
+
+    return ZstdCodec(level=0, checksum=True)
+
+
 # --- kinetics and tracks -------------------------------------------------------------
 
 
 def write_kinetics(path: str | Path, ds: xr.Dataset, *, name: str = KINETICS) -> None:
     """Write a per-cell kinetics Dataset (dims cell_id x frame) atomically to ``name``."""
     with _staged(Path(path), name) as tmp:
-        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+        encoding = {name: {"compressors": checked_compressor()} for name in ds.variables}
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
 
 
 #: Node property -> (unit, description) of the GEFF graph; the unit "1" marks a dimensionless
