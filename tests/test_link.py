@@ -260,3 +260,35 @@ def test_crowded_movie_gets_a_search_radius_from_its_steps():
     on_sparse_grid = ((grid[:, 0] - 6) % 20 == 0) & ((grid[:, 1] - 6) % 20 == 0)  # neighbours 20 px apart
     sparse = detections[on_sparse_grid[detections["particle"].to_numpy()]]
     assert dense_search_px(sparse, sparse["particle"].to_numpy(), physical) == physical
+
+
+def test_trackpy_logger_level_survives_overlapping_calls():
+    """Dask workers link in threads at once: a quiet section that ends while another runs leaves it
+    quiet, and the last to end restores the level from before (a per-call save and restore did
+    neither: the level went back to INFO under the second call and stayed WARNING after it)."""
+    import logging
+    import threading
+
+    from pipeline.stages.link import _quiet_trackpy
+
+    logger = logging.getLogger("trackpy")
+    before = logger.level
+    logger.setLevel(logging.INFO)
+    first_in, second_in = threading.Event(), threading.Event()
+
+    def first():
+        with _quiet_trackpy():
+            first_in.set()
+            second_in.wait(5)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_in.wait(5)
+    try:
+        with _quiet_trackpy():
+            second_in.set()
+            thread.join(5)  # the first call ends inside the second
+            assert logger.level == logging.WARNING
+        assert logger.level == logging.INFO
+    finally:
+        logger.setLevel(before)

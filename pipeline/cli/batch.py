@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from pipeline.cli import add_set_option
+
 HELP = "run the pipeline on many movies (batch config YAML) on one Dask cluster"
 
 log = logging.getLogger(__name__)
@@ -16,9 +18,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser) -> None:
     parser.add_argument("config", type=Path,
                         help="batch config (YAML), e.g. configs/batch.yaml or configs/hpc_slurm.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a batch config field, e.g. --set compute.n_workers=4 "
-                        "--set run.detect.min_snr=4 (repeatable)")
+    add_set_option(parser, "a batch config field", "--set compute.n_workers=4 --set run.detect.min_snr=4")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the work plan (and the job script for SLURM/PBS/LSF); run nothing")
     parser.add_argument("--no-progress", action="store_true",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from pipeline.cli import add_set_option
+
 HELP = "run the pipeline on one movie (config YAML) and write its Zarr store"
 
 log = logging.getLogger(__name__)
@@ -13,8 +15,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser) -> None:
     parser.epilog = "Every config field, its unit, default and meaning: configs/REFERENCE.md."
     parser.add_argument("config", type=Path, help="run config (YAML), e.g. configs/sample.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set detect.min_snr=4 (repeatable)")
+    add_set_option(parser, "a config field", "--set detect.min_snr=4")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars or progress lines (bars are drawn only on a terminal; "
                              "elsewhere progress is plain log lines)")

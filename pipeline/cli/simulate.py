@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from pipeline.cli import add_set_option
 from pipeline.errors import InputError
 from pipeline.vocabulary import EVENTS, STATES
 
@@ -25,8 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="sim", help="movie name: writes NAME.ome.tif and NAME.truth/ "
                         "(default: sim)")
     parser.add_argument("--config", type=Path, metavar="SIM.yaml", help="YAML file of SimulationConfig fields")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config field (repeatable)")
+    add_set_option(parser, "a simulation config field", "--set n_frames=40")
     parser.add_argument("--seed", type=int, help="random seed (overrides the config)")
     parser.add_argument("--preview", action="store_true", help="also write NAME_preview.png, a montage "
                         "with the ground truth drawn on")

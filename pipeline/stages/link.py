@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -592,13 +593,28 @@ def _first_appearance_ids(labels: np.ndarray) -> np.ndarray:
     return pd.factorize(labels, sort=False)[0].astype(np.int64)
 
 
+_QUIET_LOCK = threading.Lock()
+_QUIET = {"depth": 0, "level": logging.NOTSET}
+
+
 @contextmanager
 def _quiet_trackpy():
-    """Silence trackpy's per-frame INFO messages for the duration of a call."""
+    """Silence trackpy's per-frame INFO messages while any call in this process links.
+
+    The ``trackpy`` logger is process-wide and Dask workers link in several threads at once, so the
+    level is raised by the first caller and restored by the last (a per-call save and restore lets
+    two overlapping calls leave it raised for good, or lower it under the other's feet).
+    """
     logger = logging.getLogger("trackpy")
-    level = logger.level
-    logger.setLevel(max(level, logging.WARNING))
+    with _QUIET_LOCK:
+        if _QUIET["depth"] == 0:
+            _QUIET["level"] = logger.level
+            logger.setLevel(max(logger.level, logging.WARNING))
+        _QUIET["depth"] += 1
     try:
         yield
     finally:
-        logger.setLevel(level)
+        with _QUIET_LOCK:
+            _QUIET["depth"] -= 1
+            if _QUIET["depth"] == 0:
+                logger.setLevel(_QUIET["level"])
